@@ -1,0 +1,164 @@
+"""Settings, read once from the environment and ``.env`` (pydantic-settings).
+
+Provider keys keep the names their own SDKs use (``OPENAI_API_KEY``, ...); Backtalk's
+own settings carry the ``BACKTALK_`` prefix. Secrets are :class:`~pydantic.SecretStr`,
+so ``repr()``, ``model_dump()`` and logs show ``'**********'``.
+
+Settings are built only in entry points (the CLI callback, the bot's ``main``) and
+passed down; library classes take plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backtalk.errors import MissingKeysError
+
+__all__ = ["Settings", "TurnStopStrategy"]
+
+TurnStopStrategy = Literal["smart_turn", "speech_timeout"]
+
+
+class Settings(BaseSettings):
+    """All Backtalk settings.
+
+    Parameters:
+        deepgram_api_key: ``DEEPGRAM_API_KEY``; speech-to-text and text-to-speech.
+        openai_api_key: ``OPENAI_API_KEY``; the LLM, and embeddings when
+            ``embedder == "openai"``.
+        daily_api_key: ``DAILY_API_KEY``; creating Daily rooms (``--transport daily``).
+        database_url: ``DATABASE_URL``; any Postgres with pgvector. Unset: an embedded
+            Postgres under ``data_dir``.
+        data_dir: ``BACKTALK_DATA_DIR``; the embedded store and caches.
+        embedder: ``BACKTALK_EMBEDDER``; ``local`` (WordLlama, 256-d, no network) or
+            ``openai`` (``text-embedding-3-small``, 1536-d).
+        openai_base_url: ``OPENAI_BASE_URL``; any OpenAI-compatible endpoint (must end
+            in ``/v1``). Unset: OpenAI.
+        deepgram_base_url: ``BACKTALK_DEEPGRAM_BASE_URL``; e.g. ``ws://127.0.0.1:8080``.
+            Unset: Deepgram.
+        llm_model: ``BACKTALK_LLM_MODEL``; the chat model.
+        llm_max_tokens: ``BACKTALK_LLM_MAX_TOKENS``; cap on one spoken answer, tokens.
+        openai_embedding_model: ``BACKTALK_OPENAI_EMBEDDING_MODEL``.
+        stt_model: ``BACKTALK_STT_MODEL``; Deepgram listen model.
+        stt_language: ``BACKTALK_STT_LANGUAGE``; BCP-47 code for speech recognition.
+        tts_voice: ``BACKTALK_TTS_VOICE``; Deepgram Aura voice.
+        transcript_languages: ``BACKTALK_TRANSCRIPT_LANGUAGES``; YouTube caption
+            languages in order of preference (JSON list or comma separated).
+        youtube_proxy_url: ``BACKTALK_YOUTUBE_PROXY_URL``; an HTTP(S) proxy for
+            YouTube requests, for when YouTube blocks your IP.
+        webshare_proxy_username / webshare_proxy_password: rotating residential proxies
+            from Webshare, the remedy youtube-transcript-api documents for blocked IPs.
+        retrieval_top_k: chunks given to the LLM per turn.
+        retrieval_timeout_s: latency budget for one retrieval, seconds. On timeout
+            the turn goes on without retrieved context.
+        chunk_target_s / chunk_max_s: chunk window length, seconds of video.
+        vad_stop_secs: silence, seconds, before Silero VAD reports the user stopped.
+        vad_start_secs: speech, seconds, before Silero VAD reports the user started.
+        vad_confidence: Silero speech probability threshold, 0-1.
+        turn_stop_strategy: ``smart_turn`` (Pipecat's smart-turn v3 model behind VAD)
+            or ``speech_timeout`` (a fixed silence after the last word).
+        turn_speech_timeout_s: silence, seconds, for ``speech_timeout``.
+        smart_turn_stop_secs: the longest silence, seconds, smart-turn waits while it
+            scores the turn unfinished.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="BACKTALK_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    deepgram_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DEEPGRAM_API_KEY", "deepgram_api_key")
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+    )
+    daily_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DAILY_API_KEY", "daily_api_key")
+    )
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("backtalk")))
+    embedder: Literal["local", "openai"] = "local"
+    deepgram_base_url: str | None = None
+
+    llm_model: str = "gpt-4o-mini"
+    llm_max_tokens: int = 400
+    openai_embedding_model: str = "text-embedding-3-small"
+    stt_model: str = "nova-3-general"
+    stt_language: str = "en"
+    tts_voice: str = "aura-2-helena-en"
+
+    transcript_languages: list[str] = ["en"]
+    youtube_proxy_url: SecretStr | None = None
+    webshare_proxy_username: SecretStr | None = None
+    webshare_proxy_password: SecretStr | None = None
+
+    retrieval_top_k: int = Field(default=4, ge=1, le=20)
+    retrieval_timeout_s: float = Field(default=0.5, gt=0)
+    chunk_target_s: float = Field(default=45.0, gt=0)
+    chunk_max_s: float = Field(default=60.0, gt=0)
+
+    vad_stop_secs: float = Field(default=0.2, ge=0)
+    vad_start_secs: float = Field(default=0.2, ge=0)
+    vad_confidence: float = Field(default=0.7, gt=0, le=1)
+    turn_stop_strategy: TurnStopStrategy = "smart_turn"
+    turn_speech_timeout_s: float = Field(default=0.6, ge=0)
+    smart_turn_stop_secs: float = Field(default=3.0, gt=0)
+
+    @field_validator("transcript_languages", mode="before")
+    @classmethod
+    def _split_languages(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("openai_base_url", "deepgram_base_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def require_keys(self, *, talk: bool = False, transport: str = "webrtc",
+                     room_url: str | None = None) -> None:
+        """Check that every key the requested action needs is set, before anything starts.
+
+        Args:
+            talk: True to check for a voice conversation (STT, LLM, TTS).
+            transport: ``webrtc`` or ``daily``.
+            room_url: A Daily room to join; without it a room is created, which
+                needs ``DAILY_API_KEY``.
+
+        Raises:
+            MissingKeysError: naming each missing variable and what needs it.
+        """
+        missing: dict[str, str] = {}
+        if talk and not self.deepgram_api_key:
+            missing["DEEPGRAM_API_KEY"] = "speech recognition and the bot's voice (Deepgram)"
+        if talk and not self.openai_api_key:
+            missing["OPENAI_API_KEY"] = "the answers (OpenAI LLM)"
+        if self.embedder == "openai" and not self.openai_api_key:
+            missing["OPENAI_API_KEY"] = missing.get(
+                "OPENAI_API_KEY", "embeddings (BACKTALK_EMBEDDER=openai)"
+            )
+        if talk and transport == "daily" and not room_url and not self.daily_api_key:
+            missing["DAILY_API_KEY"] = "creating a Daily room (or pass --room-url)"
+        if missing:
+            raise MissingKeysError(missing)
+
+    @property
+    def embedded_store_dir(self) -> Path:
+        """Folder of the embedded Postgres cluster (``<data_dir>/pg``)."""
+        return self.data_dir / "pg"

@@ -1,0 +1,127 @@
+"""Database engines: any Postgres with pgvector, or an embedded one.
+
+``DATABASE_URL`` unset → an embedded Postgres 16 with pgvector (the ``pgserver``
+wheel) is started on demand in ``<BACKTALK_DATA_DIR>/pg``, listening on a Unix
+socket only. It stops when the last Backtalk process using it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from backtalk.errors import StoreError
+
+__all__ = ["embedded_url", "make_async_engine", "make_engine", "migrate", "resolve_url"]
+
+logger = logging.getLogger("backtalk.store")
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+#: Session settings for every connection: bound a runaway statement (ms) and keep
+#: the first connection attempt short, so a dead database fails fast.
+_CONNECT_ARGS = {"connect_timeout": 5, "options": "-c statement_timeout=30000"}
+
+
+def embedded_url(pgdata: Path) -> URL:
+    """Start (or attach to) the embedded Postgres in ``pgdata`` and return its URL.
+
+    Args:
+        pgdata: Folder of the cluster; created and initialised on first use.
+
+    Returns:
+        A ``postgresql+psycopg`` URL over the cluster's Unix socket.
+
+    Raises:
+        StoreError: if the server cannot start (the message includes its log path).
+    """
+    import pgserver  # imported here: starting a server is not free, and is optional
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:  # pgserver raises bare subprocess errors
+        raise StoreError(
+            f"The embedded Postgres in {pgdata} did not start ({type(exc).__name__}). "
+            f"See {pgdata / 'log'}; or set DATABASE_URL to use another Postgres."
+        ) from exc
+    return _with_driver(server.get_uri())
+
+
+def _with_driver(url: str) -> URL:
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.drivername in ("postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def resolve_url(database_url: str | None, data_dir: Path) -> URL:
+    """The URL to use: ``database_url`` when given, else the embedded server's.
+
+    Args:
+        database_url: ``DATABASE_URL`` (``postgres://``, ``postgresql://`` or with a
+            driver), or None.
+        data_dir: ``BACKTALK_DATA_DIR``; the embedded cluster lives in ``data_dir/pg``.
+
+    Returns:
+        A SQLAlchemy URL with the psycopg 3 driver.
+    """
+    if database_url:
+        return _with_driver(database_url)
+    return embedded_url(data_dir / "pg")
+
+
+def make_engine(url: URL) -> Engine:
+    """A synchronous engine for the CLI and ingest (pre-ping, short connect timeout).
+
+    Args:
+        url: From :func:`resolve_url`.
+    """
+    return create_engine(url, pool_pre_ping=True, connect_args=_CONNECT_ARGS)
+
+
+def make_async_engine(url: URL, *, pool_timeout_s: float = 0.5, pool_size: int = 5) -> AsyncEngine:
+    """An asyncio engine for retrieval on the voice path.
+
+    ``pool_timeout_s`` is kept at about the retrieval budget, so callers waiting for
+    a connection give up with the budget rather than after SQLAlchemy's default 30 s
+    (reliability case L2).
+
+    Args:
+        url: From :func:`resolve_url`.
+        pool_timeout_s: Seconds to wait for a pooled connection.
+        pool_size: Connections kept open.
+    """
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=pool_timeout_s,
+        pool_size=pool_size,
+        connect_args=_CONNECT_ARGS,
+    )
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema up to the newest Alembic revision (no-op when current).
+
+    Args:
+        engine: A synchronous engine.
+
+    Raises:
+        StoreError: if the database cannot be reached or refuses the migration.
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    except Exception as exc:
+        raise StoreError(
+            f"Could not prepare the database schema ({type(exc).__name__}: {exc})."
+        ) from exc

@@ -1,0 +1,357 @@
+"""All SQL Backtalk runs: video upserts, listing, vector search, conversations.
+
+Writes of one video happen in one transaction under a per-video advisory lock, so a
+concurrent reader sees the complete old version or the complete new one, and two
+concurrent ingests of the same video serialise instead of colliding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from backtalk.errors import EmbedderMismatchError, StoreError
+from backtalk.processors.retrieval import RetrievedChunk
+from backtalk.store.models import Conversation, Message, StoreMeta, Video, VideoChunk
+
+__all__ = ["ChunkRow", "Store", "VideoInfo", "VideoRow", "search_statement"]
+
+_META_MODEL = "embedding_model"
+_META_DIMENSIONS = "embedding_dimensions"
+
+
+@dataclass(frozen=True, slots=True)
+class VideoRow:
+    """What the store records about a video (see :class:`~backtalk.store.models.Video`)."""
+
+    key: str
+    title: str
+    source: str
+    duration_s: float
+    transcript_hash: str
+    youtube_id: str | None = None
+    url: str | None = None
+    channel: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    """A chunk to store: its text and time window in seconds."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """A stored video, as ``backtalk videos`` lists it."""
+
+    id: int
+    key: str
+    title: str
+    youtube_id: str | None
+    channel: str | None
+    duration_s: float
+    chunks: int
+    ingested_at: datetime
+    embedding_model: str
+
+
+def search_statement(
+    query_embedding: np.ndarray | Sequence[float], *, k: int, video_ids: Sequence[int] | None
+) -> Select:
+    """The top-``k`` cosine search, library-wide or scoped to some videos.
+
+    Library-wide, ``ORDER BY embedding <=> q`` is served by the HNSW index.
+    Scoped to videos, the order key is ``(embedding <=> q) + 0`` so the planner cannot
+    pick the HNSW index: pgvector 0.6 filters *after* the index scan (no iterative
+    scans), which can return fewer than ``k`` rows; an exact scan of the scoped
+    videos' rows (btree on ``video_id``) is both complete and fast at that size.
+
+    Args:
+        query_embedding: Vector of the store's dimension.
+        k: Rows to return.
+        video_ids: ``videos.id`` values to search in, or None for all.
+
+    Returns:
+        A select yielding ``text, start_s, end_s, title, key, youtube_id, distance``.
+    """
+    distance = VideoChunk.embedding.cosine_distance(query_embedding)
+    stmt = (
+        select(
+            VideoChunk.text,
+            VideoChunk.start_s,
+            VideoChunk.end_s,
+            Video.title,
+            Video.key,
+            Video.youtube_id,
+            distance.label("distance"),
+        )
+        .join(Video, Video.id == VideoChunk.video_id)
+        .limit(k)
+    )
+    if video_ids is None:
+        return stmt.order_by(distance)
+    return stmt.where(VideoChunk.video_id.in_(list(video_ids))).order_by(distance + 0)
+
+
+def rows_to_chunks(rows: Sequence) -> list[RetrievedChunk]:
+    """Map rows of :func:`search_statement` to :class:`RetrievedChunk`."""
+    return [
+        RetrievedChunk(
+            text=row.text,
+            start_s=row.start_s,
+            end_s=row.end_s,
+            video_title=row.title,
+            video_key=row.key,
+            youtube_id=row.youtube_id,
+            score=1.0 - float(row.distance),
+        )
+        for row in rows
+    ]
+
+
+class Store:
+    """The video library in Postgres + pgvector.
+
+    Args:
+        engine: A synchronous engine whose schema is migrated
+            (:func:`backtalk.store.engine.migrate`).
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # -- embedding model -------------------------------------------------------------
+
+    def embedder_info(self) -> tuple[str, int] | None:
+        """``(model, dimensions)`` the store was built with, or None if still empty."""
+        with self.engine.connect() as conn:
+            meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).tuples().all())
+        if _META_MODEL not in meta:
+            return None
+        return meta[_META_MODEL], int(meta[_META_DIMENSIONS])
+
+    def check_embedder(self, model: str, dimensions: int) -> None:
+        """Refuse an embedder other than the one the store was built with.
+
+        Args:
+            model: The embedder's model id.
+            dimensions: Its vector length.
+
+        Raises:
+            EmbedderMismatchError: naming both models and dimensions.
+        """
+        info = self.embedder_info()
+        if info is not None and info != (model, dimensions):
+            raise EmbedderMismatchError(info[0], info[1], model, dimensions)
+
+    def _bind_embedder(self, conn: Connection, model: str, dimensions: int) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('backtalk:embedder'))"))
+        meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).tuples().all())
+        if _META_MODEL in meta:
+            if (meta[_META_MODEL], int(meta[_META_DIMENSIONS])) != (model, dimensions):
+                raise EmbedderMismatchError(
+                    meta[_META_MODEL], int(meta[_META_DIMENSIONS]), model, dimensions
+                )
+            return
+        # First ingest: fix the vector dimension and build the HNSW index (cosine).
+        conn.execute(text("DELETE FROM video_chunks"))
+        conn.execute(
+            text(f"ALTER TABLE video_chunks ALTER COLUMN embedding TYPE vector({int(dimensions)})")
+        )
+        conn.execute(
+            text(
+                "CREATE INDEX IF NOT EXISTS video_chunks_embedding_hnsw ON video_chunks "
+                "USING hnsw (embedding vector_cosine_ops)"
+            )
+        )
+        conn.execute(
+            insert(StoreMeta),
+            [
+                {"key": _META_MODEL, "value": model},
+                {"key": _META_DIMENSIONS, "value": str(dimensions)},
+            ],
+        )
+
+    # -- videos ----------------------------------------------------------------------
+
+    def transcript_hash(self, key: str) -> str | None:
+        """The stored transcript hash of video ``key``, or None if absent."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(Video.transcript_hash).where(Video.key == key)).scalar()
+
+    def replace_video(
+        self,
+        video: VideoRow,
+        chunks: Sequence[ChunkRow],
+        embeddings: np.ndarray,
+        *,
+        embedding_model: str,
+    ) -> int:
+        """Insert or replace a video and all its chunks, in one transaction.
+
+        Args:
+            video: The video's metadata.
+            chunks: Its chunks, in order (``ordinal`` = position).
+            embeddings: ``(len(chunks), dimensions)`` float32, one row per chunk.
+            embedding_model: The embedder's model id, checked against the store's.
+
+        Returns:
+            The video's ``videos.id``.
+
+        Raises:
+            EmbedderMismatchError: the store holds another model's vectors.
+            StoreError: the database failed; nothing was written.
+        """
+        if len(chunks) != len(embeddings):
+            raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
+        values = {
+            "key": video.key,
+            "youtube_id": video.youtube_id,
+            "source": video.source,
+            "url": video.url,
+            "title": video.title,
+            "channel": video.channel,
+            "language": video.language,
+            "duration_s": video.duration_s,
+            "transcript_hash": video.transcript_hash,
+            "embedding_model": embedding_model,
+        }
+        try:
+            with self.engine.begin() as conn:
+                self._bind_embedder(conn, embedding_model, int(embeddings.shape[1]))
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"video:{video.key}"}
+                )
+                upsert = pg_insert(Video).values(**values)
+                upsert = upsert.on_conflict_do_update(
+                    index_elements=[Video.key],
+                    set_={**values, "ingested_at": func.now()},
+                ).returning(Video.id)
+                video_id = conn.execute(upsert).scalar_one()
+                conn.execute(delete(VideoChunk).where(VideoChunk.video_id == video_id))
+                if chunks:
+                    conn.execute(
+                        insert(VideoChunk),
+                        [
+                            {
+                                "video_id": video_id,
+                                "ordinal": i,
+                                "text": chunk.text,
+                                "start_s": chunk.start_s,
+                                "end_s": chunk.end_s,
+                                "embedding": embeddings[i],
+                            }
+                            for i, chunk in enumerate(chunks)
+                        ],
+                    )
+        except EmbedderMismatchError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(f"Could not store {video.key}: {type(exc).__name__}.") from exc
+        return video_id
+
+    def list_videos(self) -> list[VideoInfo]:
+        """All videos, oldest ingest first, with their chunk counts."""
+        counts = (
+            select(VideoChunk.video_id, func.count().label("n"))
+            .group_by(VideoChunk.video_id)
+            .subquery()
+        )
+        stmt = (
+            select(Video, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.video_id == Video.id)
+            .order_by(Video.ingested_at, Video.id)
+        )
+        with Session(self.engine) as session:
+            rows = session.execute(stmt).all()
+        return [
+            VideoInfo(
+                id=video.id,
+                key=video.key,
+                title=video.title,
+                youtube_id=video.youtube_id,
+                channel=video.channel,
+                duration_s=video.duration_s,
+                chunks=int(n),
+                ingested_at=video.ingested_at,
+                embedding_model=video.embedding_model,
+            )
+            for video, n in rows
+        ]
+
+    def find_videos(self, keys: Sequence[str]) -> dict[str, VideoInfo]:
+        """Look videos up by key (YouTube id or caption-file id).
+
+        Args:
+            keys: Keys to find.
+
+        Returns:
+            ``{key: VideoInfo}`` for the keys that exist.
+        """
+        wanted = set(keys)
+        return {v.key: v for v in self.list_videos() if v.key in wanted}
+
+    def remove_video(self, key: str) -> bool:
+        """Delete a video and its chunks. Returns False if it was not there."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(Video).where(Video.key == key))
+        return result.rowcount > 0
+
+    def search(
+        self, query_embedding: np.ndarray, *, k: int, video_ids: Sequence[int] | None = None
+    ) -> list[RetrievedChunk]:
+        """Top-``k`` chunks by cosine similarity (see :func:`search_statement`)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(search_statement(query_embedding, k=k, video_ids=video_ids)).all()
+        return rows_to_chunks(rows)
+
+    # -- conversations ---------------------------------------------------------------
+
+    def start_conversation(
+        self, video_keys: Sequence[str], *, transport: str | None, persona: str | None
+    ) -> int:
+        """Record a new conversation and return its id."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                insert(Conversation)
+                .values(video_keys=",".join(video_keys), transport=transport, persona=persona)
+                .returning(Conversation.id)
+            ).scalar_one()
+
+    def conversation_messages(self, conversation_id: int) -> list[tuple[str, str, bool]]:
+        """``(role, content, interrupted)`` of a conversation's messages, in order."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(Message.role, Message.content, Message.interrupted)
+                    .where(Message.conversation_id == conversation_id)
+                    .order_by(Message.id)
+                ).tuples()
+            )
+
+
+def message_insert(conversation_id: int, role: str, content: str, interrupted: bool = False):
+    """The INSERT of one conversation message (run by sync or async callers)."""
+    return insert(Message).values(
+        conversation_id=conversation_id, role=role, content=content, interrupted=interrupted
+    )
+
+
+def conversation_end(conversation_id: int):
+    """The UPDATE that marks a conversation ended now."""
+    return (
+        update(Conversation)
+        .where(Conversation.id == conversation_id)
+        .values(ended_at=func.now())
+    )

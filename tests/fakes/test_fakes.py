@@ -1,0 +1,370 @@
+"""The loopback fakes work with the real openai SDK, deepgram-sdk and Pipecat services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+import websockets
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMMessagesAppendFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStoppedFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.services.deepgram.stt import DeepgramSTTService
+from pipecat.services.deepgram.tts import DeepgramTTSService
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.tests.utils import SleepFrame, run_test
+
+from . import FakeDeepgram, FakeOpenAI, FakeReply, fake_embedding
+
+pytestmark = pytest.mark.integration
+
+SPEECH_WAV = Path("/work/shared/fixtures/audio/q1_what_is_learning_rate.wav")
+SPEECH_TEXT = "What does the speaker say about choosing the learning rate?"
+
+
+@pytest.fixture
+def fake_openai():
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_deepgram():
+    with FakeDeepgram() as fake:
+        yield fake
+
+
+def load_speech() -> tuple[bytes, int]:
+    """PCM16 mono audio of a spoken question and its sample rate (Hz)."""
+    with wave.open(str(SPEECH_WAV)) as w:
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+def chunks(pcm: bytes, sample_rate: int, secs: float = 0.02) -> list[bytes]:
+    step = int(sample_rate * secs) * 2
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+def cosine(a, b) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# -- OpenAI: embeddings -----------------------------------------------------------------
+
+
+def test_embeddings_with_sync_sdk(fake_openai):
+    client = openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
+    texts = ["the learning rate controls step size", "choosing a learning rate", "pizza dough"]
+
+    first = client.embeddings.create(model="text-embedding-3-small", input=texts)
+    again = client.embeddings.create(
+        model="text-embedding-3-small", input=texts, encoding_format="float"
+    )
+
+    # The SDK asks for base64 by default and decodes it; float gives the same numbers.
+    assert fake_openai.embedding_requests[0]["encoding_format"] == "base64"
+    vectors = [d.embedding for d in first.data]
+    assert [d.embedding for d in again.data] == vectors == [fake_embedding(t) for t in texts]
+    assert all(len(v) == 1536 and abs(np.linalg.norm(v) - 1) < 1e-5 for v in vectors)
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
+    assert first.usage.total_tokens > 0 and first.model == "text-embedding-3-small"
+
+    small = client.embeddings.create(model="text-embedding-3-small", input="hi", dimensions=256)
+    assert len(small.data[0].embedding) == 256
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
+    assert err.value.body["param"] == "input"
+    assert fake_openai.auth_headers == ["Bearer sk-test"] * 4
+
+
+async def test_embeddings_with_async_sdk(fake_openai):
+    client = openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test")
+    result = await client.embeddings.create(model="text-embedding-3-small", input="hello")
+    assert result.data[0].embedding == fake_embedding("hello")
+
+
+def test_injected_failures_and_missing_auth(fake_openai):
+    client = openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
+    fake_openai.set_fail(1, 429)
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model="text-embedding-3-small", input="a")
+    client.embeddings.create(model="text-embedding-3-small", input="a")  # next one succeeds
+    assert len(fake_openai.embedding_requests) == 2
+
+    request = urllib.request.Request(
+        f"{fake_openai.base_url}/embeddings", data=b'{"input": "a"}', method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=5)
+    assert err.value.code == 401
+    assert json.loads(err.value.read())["error"]["type"] == "invalid_request_error"
+
+
+# -- OpenAI: chat completions -----------------------------------------------------------
+
+
+async def test_openai_llm_service_streams_the_reply(fake_openai):
+    llm = OpenAILLMService(api_key="sk-test", base_url=fake_openai.base_url)
+    context = LLMContext(messages=[{"role": "user", "content": "hi"}])
+
+    down, _ = await run_test(llm, frames_to_send=[LLMContextFrame(context=context)])
+
+    text = [f.text for f in down if isinstance(f, LLMTextFrame)]
+    assert len(text) > 1 and "".join(text) == "Sure. The video covers that."
+    request = fake_openai.chat_requests[0]
+    assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
+    assert {"role": "user", "content": "hi"} in request["messages"]
+
+
+async def test_openai_llm_service_runs_a_tool_call():
+    def reply(body: dict) -> str | FakeReply:
+        if body["messages"][-1]["role"] == "tool":
+            return f"It is {json.loads(body['messages'][-1]['content'])['weather']}."
+        args = {"city": "Paris", "unit": "celsius"}
+        return FakeReply(tool_calls=[{"name": "get_weather", "arguments": args}])
+
+    calls = []
+
+    async def get_weather(params):
+        calls.append(dict(params.arguments))
+        await params.result_callback({"weather": "sunny"})
+
+    tools = ToolsSchema(
+        standard_tools=[
+            FunctionSchema(
+                name="get_weather",
+                description="Weather in a city.",
+                properties={"city": {"type": "string"}, "unit": {"type": "string"}},
+                required=["city"],
+            )
+        ]
+    )
+    context = LLMContext(tools=tools)
+    user, assistant = LLMContextAggregatorPair(context)
+    with FakeOpenAI(reply=reply) as fake:
+        llm = OpenAILLMService(api_key="sk-test", base_url=fake.base_url)
+        llm.register_function("get_weather", get_weather)
+        message = {"role": "user", "content": "Weather in Paris?"}
+        down, _ = await run_test(
+            Pipeline([user, llm, assistant]),
+            frames_to_send=[
+                LLMMessagesAppendFrame(messages=[message], run_llm=True),
+                SleepFrame(0.5),
+            ],
+        )
+        requests = fake.chat_requests
+
+    assert calls == [{"city": "Paris", "unit": "celsius"}]
+    assert requests[0]["tools"][0]["function"]["name"] == "get_weather"
+    # The result went back to the model, which then answered in text.
+    assert len(requests) == 2 and requests[1]["messages"][-1]["role"] == "tool"
+    assert context.get_messages()[-1] == {"role": "assistant", "content": "It is sunny."}
+
+
+async def test_abandoned_stream_is_counted():
+    with FakeOpenAI(reply="one two three four five six", token_interval_s=0.1) as fake:
+        client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test")
+        stream = await client.chat.completions.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": "count"}], stream=True
+        )
+        async for _chunk in stream:
+            break
+        await stream.close()
+        for _ in range(50):
+            if fake.cancelled_streams:
+                break
+            await asyncio.sleep(0.02)
+        assert fake.cancelled_streams == 1
+
+
+def test_non_streaming_completion(fake_openai):
+    client = openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test")
+    result = client.chat.completions.create(
+        model="gpt-4.1", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert result.choices[0].message.content == "Sure. The video covers that."
+    assert fake_openai.cancelled_streams == 0
+
+
+# -- Deepgram: STT ----------------------------------------------------------------------
+
+
+async def test_deepgram_stt_service_transcribes_queued_text(fake_deepgram):
+    pcm, rate = load_speech()
+    fake_deepgram.queue_transcript(SPEECH_TEXT)
+    stt = DeepgramSTTService(api_key="dg-test", base_url=fake_deepgram.base_url, sample_rate=rate)
+    silence = bytes(int(rate * 0.3) * 2)
+    audio = [InputAudioRawFrame(c, rate, 1) for c in chunks(pcm + silence, rate)]
+
+    down, _ = await run_test(
+        stt,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            *audio,
+            VADUserStoppedSpeakingFrame(),
+            SleepFrame(0.3),
+        ],
+    )
+
+    interims = [f.text for f in down if isinstance(f, InterimTranscriptionFrame)]
+    finals = [f.text for f in down if isinstance(f, TranscriptionFrame)]
+    assert finals == [SPEECH_TEXT]
+    assert interims and all(SPEECH_TEXT.startswith(t) and t != SPEECH_TEXT for t in interims)
+    assert fake_deepgram.listen_connections == 1
+    assert fake_deepgram.listen_queries[0]["sample_rate"] == str(rate)
+    assert {"type": "Finalize"} in fake_deepgram.listen_control
+    assert fake_deepgram.audio_bytes_received == len(pcm + silence)
+    assert fake_deepgram.auth_headers == ["Token dg-test"]
+    assert fake_deepgram.pending_transcripts == []
+
+
+async def test_listen_protocol_endpointing_finalize_and_close(fake_deepgram):
+    pcm, rate = load_speech()
+    url = f"{fake_deepgram.base_url}/v1/listen?encoding=linear16&sample_rate={rate}"
+    headers = {"Authorization": "Token dg-test"}
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        # Speech then 1 s of silence, no Finalize: the endpointer ends the utterance.
+        for chunk in chunks(pcm + bytes(rate * 2), rate, secs=0.1):
+            await ws.send(chunk)
+        results = []
+        while not results or not results[-1]["is_final"]:
+            results.append(json.loads(await asyncio.wait_for(ws.recv(), 2)))
+        final = results[-1]
+        assert final["speech_final"] and not final["from_finalize"]
+        assert final["channel"]["alternatives"][0]["transcript"] == ""  # nothing queued
+        assert fake_deepgram.unscripted_utterances == 1
+
+        await ws.send(json.dumps({"type": "Finalize"}))  # no speech since: empty final
+        empty = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        assert empty["is_final"] and empty["from_finalize"] and not empty["speech_final"]
+
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 2))["type"] == "Metadata"
+
+
+async def test_websockets_require_authorization(fake_deepgram):
+    with pytest.raises(websockets.InvalidStatus) as err:
+        async with websockets.connect(f"{fake_deepgram.base_url}/v1/speak"):
+            pass
+    assert err.value.response.status_code == 401
+
+
+# -- Deepgram: TTS ----------------------------------------------------------------------
+
+
+async def test_deepgram_tts_service_speaks(fake_deepgram):
+    tts = DeepgramTTSService(api_key="dg-test", base_url=fake_deepgram.base_url)
+
+    down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame("Hello there."), SleepFrame(0.3)])
+
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert audio and all(f.sample_rate == 24000 for f in audio)
+    pcm = np.frombuffer(b"".join(f.audio for f in audio), dtype="<i2")
+    assert np.abs(pcm).max() > 5000
+    stopped = [i for i, f in enumerate(down) if isinstance(f, TTSStoppedFrame)]
+    assert stopped and stopped[0] > down.index(audio[-1])
+    assert [t.strip() for t in fake_deepgram.spoken_texts] == ["Hello there."]
+    assert [m["type"] for m in fake_deepgram.speak_messages][:2] == ["Speak", "Flush"]
+    assert fake_deepgram.speak_connections == 1
+
+
+async def test_speak_protocol_flush_and_clear():
+    with FakeDeepgram(tts_first_audio_s=0.5, tts_secs_per_char=0.01) as fake:
+        url = f"{fake.base_url}/v1/speak?model=aura-2-helena-en&encoding=linear16&sample_rate=16000"
+        headers = {"Authorization": "Token dg-test"}
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            assert json.loads(await ws.recv())["type"] == "Metadata"
+            # Clear while the first audio is still pending: nothing is sent but Cleared.
+            await ws.send(json.dumps({"type": "Speak", "text": "x" * 100}))
+            await ws.send(json.dumps({"type": "Clear"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 0.3))["type"] == "Cleared"
+            assert fake.clears == 1
+
+            fake.tts_first_audio_s = 0.0
+            await ws.send(json.dumps({"type": "Speak", "text": "x" * 100}))  # 1 s of audio
+            await ws.send(json.dumps({"type": "Flush"}))
+            audio = b""
+            while isinstance(message := await asyncio.wait_for(ws.recv(), 2), bytes):
+                audio += message
+            assert json.loads(message) == {"type": "Flushed", "sequence_id": 0}
+            assert len(audio) == 16000 * 2
+
+
+# -- lifecycle --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fake_class", [FakeOpenAI, FakeDeepgram])
+def test_stop_releases_port_and_thread(fake_class):
+    fake = fake_class()
+    for _ in range(2):  # the same instance can be restarted
+        fake.start()
+        port = fake.port
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+        fake.stop()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        # The port can be bound again at once.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    assert not fake.running
+    assert not [t for t in threading.enumerate() if t.name == fake_class.__name__]
+
+
+async def test_stop_with_open_websocket_is_prompt(fake_deepgram):
+    url = f"{fake_deepgram.base_url}/v1/speak?sample_rate=24000"
+    async with websockets.connect(url, additional_headers={"Authorization": "Token k"}) as ws:
+        await ws.recv()
+        started = time.monotonic()
+        await asyncio.to_thread(fake_deepgram.stop)
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 2)
+
+
+async def test_interruption_abandons_the_llm_stream():
+    reply = "This answer is long enough to be interrupted before it ends."
+    with FakeOpenAI(reply=reply, ttft_s=0.05, token_interval_s=0.05) as fake:
+        llm = OpenAILLMService(api_key="sk-test", base_url=fake.base_url)
+        context = LLMContext(messages=[{"role": "user", "content": "hi"}])
+        down, _ = await run_test(
+            llm,
+            frames_to_send=[
+                LLMContextFrame(context=context),
+                SleepFrame(0.2),
+                InterruptionFrame(),
+                SleepFrame(0.2),
+            ],
+        )
+        text = "".join(f.text for f in down if isinstance(f, LLMTextFrame))
+        assert text and reply.startswith(text) and text != reply
+        assert fake.cancelled_streams == 1
