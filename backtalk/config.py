@@ -41,6 +41,8 @@ class Settings(BaseSettings):
             in ``/v1``). Unset: OpenAI.
         deepgram_base_url: ``BACKTALK_DEEPGRAM_BASE_URL``; e.g. ``ws://127.0.0.1:8080``.
             Unset: Deepgram.
+        log_level: ``BACKTALK_LOG_LEVEL``; the agent's log level. ``DEBUG`` logs
+            prompts and transcripts; keep ``INFO`` in production.
         llm_model: ``BACKTALK_LLM_MODEL``; the chat model.
         llm_max_tokens: ``BACKTALK_LLM_MAX_TOKENS``; cap on one spoken answer, tokens.
         openai_embedding_model: ``BACKTALK_OPENAI_EMBEDDING_MODEL``.
@@ -95,6 +97,7 @@ class Settings(BaseSettings):
     embedder: Literal["local", "openai"] = "local"
     deepgram_base_url: str | None = None
 
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     llm_model: str = "gpt-4o-mini"
     llm_max_tokens: int = 400
     openai_embedding_model: str = "text-embedding-3-small"

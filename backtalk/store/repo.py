@@ -136,7 +136,7 @@ class Store:
     def embedder_info(self) -> tuple[str, int] | None:
         """``(model, dimensions)`` the store was built with, or None if still empty."""
         with self.engine.connect() as conn:
-            meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).tuples().all())
+            meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).all())
         if _META_MODEL not in meta:
             return None
         return meta[_META_MODEL], int(meta[_META_DIMENSIONS])
@@ -157,7 +157,7 @@ class Store:
 
     def _bind_embedder(self, conn: Connection, model: str, dimensions: int) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('backtalk:embedder'))"))
-        meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).tuples().all())
+        meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).all())
         if _META_MODEL in meta:
             if (meta[_META_MODEL], int(meta[_META_DIMENSIONS])) != (model, dimensions):
                 raise EmbedderMismatchError(
@@ -324,10 +324,19 @@ class Store:
         """Record a new conversation and return its id."""
         with self.engine.begin() as conn:
             return conn.execute(
-                insert(Conversation)
-                .values(video_keys=",".join(video_keys), transport=transport, persona=persona)
-                .returning(Conversation.id)
+                conversation_start(video_keys, transport=transport, persona=persona)
             ).scalar_one()
+
+    def conversations(self) -> list[tuple[int, str, int]]:
+        """``(id, video_keys, message count)`` of every conversation, oldest first."""
+        stmt = (
+            select(Conversation.id, Conversation.video_keys, func.count(Message.id))
+            .outerjoin(Message, Message.conversation_id == Conversation.id)
+            .group_by(Conversation.id)
+            .order_by(Conversation.id)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).all())
 
     def conversation_messages(self, conversation_id: int) -> list[tuple[str, str, bool]]:
         """``(role, content, interrupted)`` of a conversation's messages, in order."""
@@ -337,8 +346,17 @@ class Store:
                     select(Message.role, Message.content, Message.interrupted)
                     .where(Message.conversation_id == conversation_id)
                     .order_by(Message.id)
-                ).tuples()
+                ).all()
             )
+
+
+def conversation_start(video_keys: Sequence[str], *, transport: str | None, persona: str | None):
+    """The INSERT of a new conversation, returning its id."""
+    return (
+        insert(Conversation)
+        .values(video_keys=",".join(video_keys), transport=transport, persona=persona)
+        .returning(Conversation.id)
+    )
 
 
 def message_insert(conversation_id: int, role: str, content: str, interrupted: bool = False):

@@ -70,6 +70,17 @@ async def _send(ws: web.WebSocketResponse, message: dict[str, Any] | bytes) -> b
         return False
 
 
+def _recorded(name: str, doc: str) -> property:
+    """A read-only property giving a copy of ``self.<name>``, taken under the lock."""
+
+    def get(self: FakeDeepgram) -> Any:
+        with self._lock:
+            value = getattr(self, name)
+            return list(value) if isinstance(value, list | deque) else value
+
+    return property(get, doc=doc)
+
+
 class FakeDeepgram(ThreadedAiohttpServer):
     """Fake Deepgram ``/v1/listen`` and ``/v1/speak`` websockets (a loopback test double).
 
@@ -88,6 +99,12 @@ class FakeDeepgram(ThreadedAiohttpServer):
 
     Attributes:
         base_url: ``"ws://127.0.0.1:PORT"``, for ``base_url=`` of both Pipecat services.
+
+    Recorded state is exposed as read-only properties returning copies taken under a
+    lock (safe to read from any thread): ``listen_connections``, ``speak_connections``,
+    ``listen_queries``, ``listen_control``, ``audio_bytes_received``,
+    ``speak_messages``, ``spoken_texts``, ``auth_headers``, ``clears``,
+    ``unscripted_utterances`` and ``pending_transcripts``.
     """
 
     def __init__(
@@ -140,46 +157,28 @@ class FakeDeepgram(ThreadedAiohttpServer):
             self._transcripts.clear()
             self._reset_records()
 
-    def _get(self, name: str) -> Any:
-        with self._lock:
-            value = getattr(self, name)
-            return list(value) if isinstance(value, list | deque) else value
-
-    pending_transcripts = property(
-        lambda self: self._get("_transcripts"), doc="Queued transcripts not yet used."
+    pending_transcripts = _recorded("_transcripts", "Queued transcripts not yet used.")
+    listen_connections = _recorded("_listen_connections", "Accepted /v1/listen sockets.")
+    speak_connections = _recorded("_speak_connections", "Accepted /v1/speak sockets.")
+    listen_queries = _recorded(
+        "_listen_queries",
+        "Query parameters of each /v1/listen connection (a repeated key maps to a list).",
     )
-    listen_connections = property(
-        lambda self: self._get("_listen_connections"), doc="Accepted /v1/listen sockets."
+    listen_control = _recorded(
+        "_listen_control", "JSON messages received on /v1/listen (Finalize, KeepAlive, ...)."
     )
-    speak_connections = property(
-        lambda self: self._get("_speak_connections"), doc="Accepted /v1/speak sockets."
+    audio_bytes_received = _recorded("_audio_bytes_received", "Audio bytes on /v1/listen.")
+    speak_messages = _recorded(
+        "_speak_messages", "JSON messages received on /v1/speak (Speak, Flush, Clear, Close)."
     )
-    listen_queries = property(
-        lambda self: self._get("_listen_queries"),
-        doc="Query parameters of each /v1/listen connection (repeated keys -> list).",
+    spoken_texts = _recorded("_spoken_texts", "Text of every Speak message, in order.")
+    auth_headers = _recorded(
+        "_auth_headers", "Authorization header of every websocket attempt ('' if missing)."
     )
-    listen_control = property(
-        lambda self: self._get("_listen_control"),
-        doc="JSON messages received on /v1/listen (Finalize, KeepAlive, CloseStream).",
-    )
-    audio_bytes_received = property(
-        lambda self: self._get("_audio_bytes_received"), doc="Bytes of audio on /v1/listen."
-    )
-    speak_messages = property(
-        lambda self: self._get("_speak_messages"),
-        doc="JSON messages received on /v1/speak (Speak, Flush, Clear, Close).",
-    )
-    spoken_texts = property(
-        lambda self: self._get("_spoken_texts"), doc="Text of every Speak message, in order."
-    )
-    auth_headers = property(
-        lambda self: self._get("_auth_headers"),
-        doc="Authorization header of every websocket attempt ('' if missing).",
-    )
-    clears = property(lambda self: self._get("_clears"), doc="Clear messages received.")
-    unscripted_utterances = property(
-        lambda self: self._get("_unscripted_utterances"),
-        doc="Utterances that ended while no transcript was queued (transcribed as '').",
+    clears = _recorded("_clears", "Clear messages received on /v1/speak.")
+    unscripted_utterances = _recorded(
+        "_unscripted_utterances",
+        "Utterances that ended while no transcript was queued (transcribed as '').",
     )
 
     def _peek_transcript(self) -> str:

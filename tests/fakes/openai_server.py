@@ -123,8 +123,9 @@ class FakeOpenAI(ThreadedAiohttpServer):
 
     Args:
         reply: The answer: a string, a :class:`FakeReply`, or a callable taking the
-            parsed request body and returning either.
-        ttft_s: Seconds before the first streamed chunk (time to first token).
+            parsed request body and returning either (called in the server thread).
+        ttft_s: Seconds before the first streamed chunk (time to first token); the
+            ``role`` chunk is sent together with the first token, not before it.
         token_interval_s: Seconds between streamed tokens.
         embedding_dim: Vector length when the request has no ``dimensions``.
         embedding_delay_s: Seconds each embeddings request takes.

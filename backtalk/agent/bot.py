@@ -1,0 +1,220 @@
+"""One conversation: build the pipeline for a transport, greet, record, run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from loguru import logger
+from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.observers.base_observer import BaseObserver
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.workers.runner import WorkerRunner
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backtalk.agent.pipeline import BotStages, build_stages
+from backtalk.agent.recorder import ConversationRecorder
+from backtalk.config import Settings
+from backtalk.prompts import DEFAULT_PERSONA, system_instruction
+from backtalk.store import (
+    Embedder,
+    PgVectorRetriever,
+    Store,
+    VideoInfo,
+    make_async_engine,
+    make_embedder,
+    open_store,
+)
+
+__all__ = ["AgentResources", "Conversation", "TalkSession", "greeting", "run_conversation"]
+
+
+@dataclass(frozen=True)
+class TalkSession:
+    """What a conversation is about.
+
+    Parameters:
+        videos: The videos in scope (retrieval searches only these).
+        persona: Persona prompt name (``backtalk/prompts/<persona>.md``).
+    """
+
+    videos: Sequence[VideoInfo]
+    persona: str = DEFAULT_PERSONA
+
+
+def _spoken_duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    return "about a minute" if minutes == 1 else f"about {minutes} minutes"
+
+
+def greeting(videos: Sequence[VideoInfo]) -> str:
+    """What the bot says first: it names the video(s) it has watched.
+
+    Args:
+        videos: The session's videos.
+    """
+    if len(videos) == 1:
+        v = videos[0]
+        return (
+            f'Hi! I\'ve watched "{v.title}", {_spoken_duration(v.duration_s)} long. '
+            "What would you like to know about it?"
+        )
+    titles = ", ".join(f'"{v.title}"' for v in videos[:-1]) + f' and "{videos[-1].title}"'
+    return f"Hi! I've watched {titles}. What would you like to talk about?"
+
+
+@dataclass
+class AgentResources:
+    """Process-wide resources every conversation shares, opened once and warmed.
+
+    Parameters:
+        settings: The settings.
+        store: The library (synchronous engine, for set-up work).
+        engine: Asyncio engine for retrieval and recording.
+        embedder: The store's embedder (loaded once; WordLlama takes ~0.4 s).
+    """
+
+    settings: Settings
+    store: Store
+    engine: AsyncEngine
+    embedder: Embedder
+
+    @classmethod
+    def open(cls, settings: Settings, store: Store | None = None) -> AgentResources:
+        """Open the store (unless given) and build the embedder and async engine.
+
+        Raises:
+            StoreError: the database cannot be reached.
+            EmbedderMismatchError: ``BACKTALK_EMBEDDER`` differs from the library's.
+        """
+        store = store or open_store(
+            settings.database_url.get_secret_value() if settings.database_url else None,
+            settings.data_dir,
+        )
+        embedder = make_embedder(
+            settings.embedder,
+            openai_api_key=(
+                settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+            ),
+            openai_base_url=settings.openai_base_url,
+            openai_model=settings.openai_embedding_model,
+        )
+        store.check_embedder(embedder.model, embedder.dimensions)
+        engine = make_async_engine(
+            store.engine.url, pool_timeout_s=settings.retrieval_timeout_s
+        )
+        return cls(settings=settings, store=store, engine=engine, embedder=embedder)
+
+    def retriever(self, session: TalkSession) -> PgVectorRetriever:
+        """A retriever scoped to the session's videos."""
+        return PgVectorRetriever(
+            self.engine, self.embedder, video_ids=[v.id for v in session.videos]
+        )
+
+    async def close(self) -> None:
+        """Close pooled database connections."""
+        await self.engine.dispose()
+
+
+@dataclass
+class Conversation:
+    """A built, not yet running, conversation (exposed for tests and embedding).
+
+    Parameters:
+        stages: The pipeline's processors.
+        worker: The Pipecat worker that runs them.
+        recorder: Saves the conversation.
+    """
+
+    stages: BotStages
+    worker: PipelineWorker
+    recorder: ConversationRecorder
+    observers: list[BaseObserver] = field(default_factory=list)
+
+
+async def build_conversation(
+    transport: BaseTransport,
+    session: TalkSession,
+    resources: AgentResources,
+    *,
+    transport_name: str,
+    observers: Sequence[BaseObserver] = (),
+    idle_timeout_secs: float | None = 300,
+) -> Conversation:
+    """Assemble one conversation on ``transport`` (see :func:`run_conversation`)."""
+    settings = resources.settings
+    retriever = resources.retriever(session)
+    await retriever.warm_up()
+    stages = build_stages(
+        settings,
+        transport,
+        retriever,
+        system_instruction=system_instruction(
+            [(v.title, v.duration_s) for v in session.videos], persona=session.persona
+        ),
+    )
+    worker = PipelineWorker(
+        stages.pipeline(),
+        params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+        observers=list(observers),
+        idle_timeout_secs=idle_timeout_secs,
+    )
+    recorder = ConversationRecorder(resources.engine)
+    await recorder.start(
+        [v.key for v in session.videos], transport=transport_name, persona=session.persona
+    )
+    recorder.attach(stages.user, stages.assistant)
+    hello = greeting(session.videos)
+
+    @transport.event_handler("on_client_connected")
+    async def _on_connected(_transport, _client):
+        logger.info("Client connected; greeting")
+        await worker.queue_frames([TTSSpeakFrame(hello)])
+
+    @transport.event_handler("on_client_disconnected")
+    async def _on_disconnected(_transport, _client):
+        logger.info("Client disconnected; ending the conversation")
+        await worker.cancel()
+
+    return Conversation(stages=stages, worker=worker, recorder=recorder, observers=list(observers))
+
+
+async def run_conversation(
+    transport: BaseTransport,
+    session: TalkSession,
+    resources: AgentResources,
+    *,
+    transport_name: str,
+    handle_sigint: bool = False,
+    observers: Sequence[BaseObserver] = (),
+) -> None:
+    """Run one voice conversation until the user leaves.
+
+    The bot greets the user by naming the video when they connect, answers each
+    turn grounded in the session's videos, and saves every turn.
+
+    Args:
+        transport: A connected Pipecat transport (Daily, SmallWebRTC, ...).
+        session: The videos and persona.
+        resources: Shared store, engine and embedder.
+        transport_name: Recorded with the conversation (``webrtc``, ``daily``).
+        handle_sigint: Let the runner handle Ctrl-C (standalone runs).
+        observers: Extra Pipecat observers (metrics, latency).
+    """
+    conversation = await build_conversation(
+        transport, session, resources, transport_name=transport_name, observers=observers
+    )
+    runner = WorkerRunner(handle_sigint=handle_sigint)
+    try:
+        await runner.add_workers(conversation.worker)
+        await runner.run()
+    finally:
+        await conversation.recorder.finish()
+        stats = conversation.stages.rag.stats
+        logger.info(
+            f"Conversation {conversation.recorder.conversation_id} ended: {stats.turns} turns, "
+            f"{stats.timeouts} retrieval timeouts, {stats.failures} retrieval failures"
+        )

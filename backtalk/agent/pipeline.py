@@ -1,0 +1,117 @@
+"""The voice pipeline, declared once as an ordered list of stages built from settings.
+
+::
+
+    transport.input() → Deepgram STT → user aggregator (Silero VAD, turn strategies)
+      → RAG context processor → OpenAI LLM → Deepgram TTS → transport.output()
+      → assistant aggregator
+
+Swapping a service or a VAD/turn parameter is a setting (see
+:mod:`backtalk.agent.services`), not a code change here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMAssistantAggregator,
+    LLMContextAggregatorPair,
+    LLMUserAggregator,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.llm_service import LLMService
+from pipecat.transports.base_transport import BaseTransport
+
+from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
+from backtalk.config import Settings
+from backtalk.processors import RAGContextProcessor, Retriever
+
+__all__ = ["BotStages", "build_stages"]
+
+
+@dataclass
+class BotStages:
+    """The processors of one conversation, in pipeline order.
+
+    Parameters:
+        context: The conversation's shared LLM context.
+        stages: ``(name, processor)`` in the order frames flow.
+    """
+
+    context: LLMContext
+    stages: list[tuple[str, FrameProcessor]]
+
+    def __getitem__(self, name: str) -> FrameProcessor:
+        """The stage called ``name`` (``stt``, ``user``, ``rag``, ``llm``, ...)."""
+        return dict(self.stages)[name]
+
+    @property
+    def user(self) -> LLMUserAggregator:
+        """The user context aggregator."""
+        return self["user"]  # type: ignore[return-value]
+
+    @property
+    def assistant(self) -> LLMAssistantAggregator:
+        """The assistant context aggregator."""
+        return self["assistant"]  # type: ignore[return-value]
+
+    @property
+    def rag(self) -> RAGContextProcessor:
+        """The RAG context processor."""
+        return self["rag"]  # type: ignore[return-value]
+
+    @property
+    def llm(self) -> LLMService:
+        """The LLM service."""
+        return self["llm"]  # type: ignore[return-value]
+
+    def pipeline(self) -> Pipeline:
+        """A Pipecat pipeline of the stages."""
+        return Pipeline([processor for _, processor in self.stages])
+
+
+def build_stages(
+    settings: Settings,
+    transport: BaseTransport,
+    retriever: Retriever,
+    *,
+    system_instruction: str,
+) -> BotStages:
+    """Build the processors of one conversation.
+
+    Args:
+        settings: Services, models, VAD and turn parameters.
+        transport: Daily, SmallWebRTC, or any Pipecat transport.
+        retriever: What the RAG processor searches (usually a
+            :class:`~backtalk.store.PgVectorRetriever` scoped to the session's videos).
+        system_instruction: Persona and grounding rules for the LLM.
+
+    Returns:
+        The stages; ``.pipeline()`` assembles them.
+    """
+    context = LLMContext()
+    user, assistant = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=make_vad(settings),
+            user_turn_strategies=make_turn_strategies(settings),
+        ),
+    )
+    rag = RAGContextProcessor(
+        retriever, top_k=settings.retrieval_top_k, timeout_s=settings.retrieval_timeout_s
+    )
+    stages: list[tuple[str, FrameProcessor]] = [
+        ("input", transport.input()),
+        ("stt", make_stt(settings)),
+        ("user", user),
+        ("rag", rag),
+        ("llm", make_llm(settings, system_instruction)),
+        ("tts", make_tts(settings)),
+        ("output", transport.output()),
+        ("assistant", assistant),
+    ]
+    return BotStages(context=context, stages=stages)

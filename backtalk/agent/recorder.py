@@ -1,0 +1,89 @@
+"""Saving each conversation and its messages, off the turn's critical path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from loguru import logger
+from pipecat.processors.aggregators.llm_response_universal import (
+    AssistantTurnStoppedMessage,
+    LLMAssistantAggregator,
+    LLMUserAggregator,
+    UserTurnMessageAddedMessage,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backtalk.store.repo import conversation_end, conversation_start, message_insert
+
+__all__ = ["ConversationRecorder"]
+
+
+class ConversationRecorder:
+    """Writes a conversation's user and assistant turns to the ``messages`` table.
+
+    It listens to the context aggregators' ``on_user_turn_message_added`` and
+    ``on_assistant_turn_stopped`` events, which Pipecat runs as tasks, so a write
+    never delays a turn; writes are serialised so rows keep the conversation's
+    order. A database failure is logged and the conversation goes on.
+
+    Args:
+        engine: Asyncio engine of the store.
+    """
+
+    def __init__(self, engine: AsyncEngine):
+        self._engine = engine
+        self._lock = asyncio.Lock()
+        self.conversation_id: int | None = None
+
+    async def start(
+        self, video_keys: Sequence[str], *, transport: str | None, persona: str | None
+    ) -> int:
+        """Create the ``conversations`` row. Returns its id.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the store is unreachable.
+        """
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                conversation_start(video_keys, transport=transport, persona=persona)
+            )
+            self.conversation_id = result.scalar_one()
+        return self.conversation_id
+
+    def attach(self, user: LLMUserAggregator, assistant: LLMAssistantAggregator) -> None:
+        """Subscribe to the aggregators' turn events."""
+
+        @user.event_handler("on_user_turn_message_added")
+        async def _on_user(_aggregator, message: UserTurnMessageAddedMessage):
+            await self.add("user", message.content)
+
+        @assistant.event_handler("on_assistant_turn_stopped")
+        async def _on_assistant(_aggregator, message: AssistantTurnStoppedMessage):
+            if message.content:
+                await self.add("assistant", message.content, interrupted=message.interrupted)
+
+    async def add(self, role: str, content: str, *, interrupted: bool = False) -> None:
+        """Append one message (no-op before :meth:`start`)."""
+        if self.conversation_id is None:
+            return
+        async with self._lock:
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        message_insert(self.conversation_id, role, content, interrupted)
+                    )
+            except SQLAlchemyError as exc:
+                logger.warning(f"Could not save a {role} message: {type(exc).__name__}")
+
+    async def finish(self) -> None:
+        """Mark the conversation ended."""
+        if self.conversation_id is None:
+            return
+        async with self._lock:
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(conversation_end(self.conversation_id))
+            except SQLAlchemyError as exc:
+                logger.warning(f"Could not close the conversation record: {type(exc).__name__}")

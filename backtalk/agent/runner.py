@@ -1,0 +1,113 @@
+"""Starting the agent: a local browser page (SmallWebRTC) or a Daily room."""
+
+from __future__ import annotations
+
+import sys
+
+import aiohttp
+from loguru import logger
+from pipecat.runner.types import RunnerArguments
+from pipecat.transports.base_transport import TransportParams
+
+from backtalk.agent.bot import AgentResources, TalkSession, run_conversation
+
+__all__ = ["make_bot", "run_daily", "serve_webrtc"]
+
+
+def _configure_logging(level: str) -> None:
+    # Pipecat's dev runner resets loguru to DEBUG, which logs prompts and transcripts;
+    # Backtalk logs at INFO unless asked for more (BACKTALK_LOG_LEVEL).
+    logger.remove()
+    logger.add(sys.stderr, level=level)
+
+
+def make_bot(resources: AgentResources, session: TalkSession):
+    """The ``bot(runner_args)`` coroutine function Pipecat's dev runner calls per session.
+
+    Args:
+        resources: Shared store, engine and embedder.
+        session: The videos and persona.
+
+    Returns:
+        ``async def bot(runner_args: RunnerArguments) -> None``.
+    """
+    from pipecat.runner.utils import create_transport
+    from pipecat.transports.daily.transport import DailyParams
+
+    async def bot(runner_args: RunnerArguments) -> None:
+        _configure_logging(resources.settings.log_level)
+        transport = await create_transport(
+            runner_args,
+            {
+                "daily": lambda: DailyParams(audio_in_enabled=True, audio_out_enabled=True),
+                "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+            },
+        )
+        name = "daily" if type(transport).__name__.startswith("Daily") else "webrtc"
+        await run_conversation(
+            transport,
+            session,
+            resources,
+            transport_name=name,
+            handle_sigint=runner_args.handle_sigint,
+        )
+
+    return bot
+
+
+def serve_webrtc(
+    resources: AgentResources, session: TalkSession, *, host: str, port: int
+) -> None:
+    """Serve the agent on a local page with Pipecat's development runner (SmallWebRTC).
+
+    The runner prints the URL to open (``http://HOST:PORT/client``); each browser
+    connection starts one conversation. Blocks until Ctrl-C.
+
+    Args:
+        resources: Shared store, engine and embedder.
+        session: The videos and persona.
+        host: Interface to listen on.
+        port: TCP port.
+    """
+    from pipecat.runner import run as pipecat_runner
+
+    # The runner discovers `bot` on the __main__ module and reads its options from argv.
+    sys.modules["__main__"].bot = make_bot(resources, session)  # type: ignore[attr-defined]
+    sys.argv = [sys.argv[0], "-t", "webrtc", "--host", host, "--port", str(port)]
+    pipecat_runner.main()
+
+
+async def run_daily(
+    resources: AgentResources, session: TalkSession, *, room_url: str | None = None
+) -> str:
+    """Join a Daily room (creating one with ``DAILY_API_KEY`` if none is given) and talk.
+
+    Args:
+        resources: Shared store, engine and embedder.
+        session: The videos and persona.
+        room_url: An existing room to join; None to create a temporary one (1 h).
+
+    Returns:
+        The room URL, once the conversation has ended.
+    """
+    from pipecat.runner.daily import configure
+    from pipecat.transports.daily.transport import DailyParams, DailyTransport
+
+    settings = resources.settings
+    token = None
+    if room_url is None:
+        assert settings.daily_api_key is not None  # checked by Settings.require_keys
+        async with aiohttp.ClientSession() as http:
+            room = await configure(
+                http, api_key=settings.daily_api_key.get_secret_value(), room_exp_duration=1.0
+            )
+        room_url, token = room.room_url, room.token
+    print(f"Join the conversation in your browser: {room_url}", flush=True)
+    transport = DailyTransport(
+        room_url,
+        token,
+        "Backtalk",
+        DailyParams(audio_in_enabled=True, audio_out_enabled=True),
+    )
+    await run_conversation(transport, session, resources, transport_name="daily", handle_sigint=True)
+    return room_url

@@ -1,0 +1,120 @@
+"""Service factories: the Pipecat STT, LLM, TTS, VAD and turn strategies, from settings.
+
+Each provider is reached only through Pipecat's own service class, configured from
+:class:`~backtalk.config.Settings` (keys, models, voices, and base URLs so that any
+OpenAI-compatible server or a local fake can stand in).
+"""
+
+from __future__ import annotations
+
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.services.deepgram.stt import DeepgramSTTService
+from pipecat.services.deepgram.tts import DeepgramTTSService
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.transcriptions.language import Language
+from pipecat.turns.user_start import (
+    TranscriptionUserTurnStartStrategy,
+    VADUserTurnStartStrategy,
+)
+from pipecat.turns.user_stop import (
+    SpeechTimeoutUserTurnStopStrategy,
+    TurnAnalyzerUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from backtalk.config import Settings
+
+__all__ = ["make_llm", "make_stt", "make_tts", "make_turn_strategies", "make_vad"]
+
+#: Seconds without a first token before the chat request is re-issued once
+#: (reliability case R9: a stalled request must not hold a spoken turn for long).
+LLM_RETRY_TIMEOUT_S = 5.0
+
+
+def _secret(value) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+def make_stt(settings: Settings) -> DeepgramSTTService:
+    """Deepgram streaming STT (``/v1/listen``) with interim results.
+
+    ``BACKTALK_DEEPGRAM_BASE_URL`` (e.g. ``ws://127.0.0.1:8080``) replaces Deepgram's
+    endpoint.
+    """
+    return DeepgramSTTService(
+        api_key=_secret(settings.deepgram_api_key),
+        base_url=settings.deepgram_base_url or "",
+        settings=DeepgramSTTService.Settings(
+            model=settings.stt_model,
+            language=Language(settings.stt_language),
+            interim_results=True,
+            punctuate=True,
+            smart_format=True,
+        ),
+    )
+
+
+def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
+    """OpenAI chat completions, streaming, with a bounded timeout and answer length.
+
+    Args:
+        settings: Model, key and ``OPENAI_BASE_URL``.
+        system_instruction: The persona and grounding rules.
+    """
+    return OpenAILLMService(
+        api_key=_secret(settings.openai_api_key),
+        base_url=settings.openai_base_url,
+        settings=OpenAILLMService.Settings(
+            model=settings.llm_model,
+            system_instruction=system_instruction,
+            max_completion_tokens=settings.llm_max_tokens,
+        ),
+        retry_timeout_secs=LLM_RETRY_TIMEOUT_S,
+        retry_on_timeout=True,
+    )
+
+
+def make_tts(settings: Settings) -> DeepgramTTSService:
+    """Deepgram Aura streaming TTS (``/v1/speak`` websocket)."""
+    kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
+    return DeepgramTTSService(
+        api_key=_secret(settings.deepgram_api_key),
+        settings=DeepgramTTSService.Settings(voice=settings.tts_voice),
+        **kwargs,
+    )
+
+
+def make_vad(settings: Settings) -> SileroVADAnalyzer:
+    """Silero VAD (ONNX model bundled with Pipecat; runs on the CPU, offline)."""
+    return SileroVADAnalyzer(
+        params=VADParams(
+            confidence=settings.vad_confidence,
+            start_secs=settings.vad_start_secs,
+            stop_secs=settings.vad_stop_secs,
+        )
+    )
+
+
+def make_turn_strategies(settings: Settings) -> UserTurnStrategies:
+    """When a user turn starts (barge-in) and when it ends.
+
+    Start: VAD speech or a transcription, both interrupting the bot.
+    Stop: ``smart_turn`` — Pipecat's smart-turn v3 model scores the audio after VAD
+    stops and ends the turn when it sounds finished, or after
+    ``smart_turn_stop_secs`` of silence; ``speech_timeout`` — a fixed
+    ``turn_speech_timeout_s`` of silence.
+    """
+    if settings.turn_stop_strategy == "speech_timeout":
+        stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=settings.turn_speech_timeout_s)
+    else:
+        stop = TurnAnalyzerUserTurnStopStrategy(
+            turn_analyzer=LocalSmartTurnAnalyzerV3(
+                params=SmartTurnParams(stop_secs=settings.smart_turn_stop_secs)
+            )
+        )
+    return UserTurnStrategies(
+        start=[VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()], stop=[stop]
+    )

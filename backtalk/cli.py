@@ -1,0 +1,328 @@
+"""The ``backtalk`` command line: a thin shell over the library.
+
+Exit codes: 0 success; 1 a runtime failure (YouTube refused a transcript, the
+database is down); 2 bad input or settings (nothing was done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backtalk.config import Settings
+from backtalk.errors import BacktalkError, InvalidVideoIdError, UsageError, VideoNotFoundError
+from backtalk.ingest import IngestReport, Source, ingest_sources, parse_source
+from backtalk.ingest.youtube import YouTubeProxy
+from backtalk.processors.retrieval import format_timestamp, youtube_link
+from backtalk.store import Store, VideoInfo, make_embedder, open_store
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="backtalk",
+    help="Talk out loud with a YouTube video: ingest transcripts, search them, start a voice agent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class Transport(str, Enum):
+    """Where the conversation happens."""
+
+    webrtc = "webrtc"
+    daily = "daily"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]Error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn Backtalk errors into a message and exit code, never a traceback."""
+    try:
+        yield
+    except UsageError as exc:
+        _fail(str(exc), 2)
+    except BacktalkError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        raise typer.Exit(130) from None
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            name = str(e["loc"][0]) if e["loc"] else "?"
+            lines.append(f"  {name.upper() if name.isupper() else 'BACKTALK_' + name.upper()}: {e['msg']}")
+        _fail("invalid settings:\n" + "\n".join(lines), 2)
+
+
+def _store(settings: Settings) -> Store:
+    if settings.database_url is None:
+        err.print(f"[dim]Using the embedded Postgres in {settings.embedded_store_dir}[/]")
+    return open_store(
+        settings.database_url.get_secret_value() if settings.database_url else None,
+        settings.data_dir,
+    )
+
+
+def _embedder(settings: Settings):
+    return make_embedder(
+        settings.embedder,
+        openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        openai_base_url=settings.openai_base_url,
+        openai_model=settings.openai_embedding_model,
+    )
+
+
+def _parse_sources(
+    inputs: Sequence[str], *, title: str | None, youtube_id: str | None
+) -> list[Source]:
+    """Parse every input; report every bad one; exit 2 before doing anything."""
+    sources, problems = [], []
+    for value in inputs:
+        try:
+            sources.append(parse_source(value, title=title, youtube_id=youtube_id))
+        except InvalidVideoIdError as exc:
+            problems.append(f"  {exc}")
+    if problems:
+        _fail(
+            "these inputs are not YouTube videos or caption files; nothing was ingested:\n"
+            + "\n".join(problems),
+            2,
+        )
+    files = [s for s in sources if not hasattr(s, "video_id")]
+    if (title or youtube_id) and len(files) != 1:
+        _fail("--title and --youtube-id apply to exactly one caption file.", 2)
+    return sources
+
+
+def _proxy(settings: Settings) -> YouTubeProxy:
+    def value(secret):
+        return secret.get_secret_value() if secret else None
+
+    return YouTubeProxy(
+        url=value(settings.youtube_proxy_url),
+        webshare_username=value(settings.webshare_proxy_username),
+        webshare_password=value(settings.webshare_proxy_password),
+    )
+
+
+def _run_ingest(
+    settings: Settings,
+    store: Store,
+    sources: Sequence[Source],
+    languages: Sequence[str] | None,
+    *,
+    skip_present: bool,
+) -> IngestReport:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def hook(key: str, stage: str, done: int, total: int) -> None:
+            if key not in tasks:
+                tasks[key] = progress.add_task(key, total=None)
+            progress.update(tasks[key], description=f"{key}: {stage}", completed=done, total=total)
+
+        report = ingest_sources(
+            sources,
+            store=store,
+            embedder=_embedder(settings),
+            languages=languages or settings.transcript_languages,
+            proxy=_proxy(settings),
+            chunk_target_s=settings.chunk_target_s,
+            chunk_max_s=settings.chunk_max_s,
+            skip_present=skip_present,
+            progress=hook,
+        )
+    for outcome in report.outcomes:
+        name = outcome.source.key
+        if outcome.status in ("failed", "skipped"):
+            prefix = "skipped" if outcome.status == "skipped" else "failed"
+            detail = str(outcome.error) if outcome.status == "failed" else "YouTube is blocking requests; not tried."
+            err.print(f"[red]✗ {name}[/] {prefix}: {detail}", highlight=False)
+        elif outcome.status != "present":
+            out.print(
+                f"[green]✓ {name}[/] {outcome.status}: {outcome.title} ({outcome.chunks} chunks)",
+                highlight=False,
+            )
+    return report
+
+
+@app.command()
+def ingest(
+    inputs: Annotated[
+        list[str], typer.Argument(help="YouTube URLs or ids, or .vtt/.srt/.json caption files.")
+    ],
+    language: Annotated[
+        list[str] | None,
+        typer.Option("--language", "-l", help="Caption language, in order of preference (repeat)."),
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="Title for a caption file.")] = None,
+    youtube_id: Annotated[
+        str | None, typer.Option(help="The YouTube video a caption file belongs to (URL or id).")
+    ] = None,
+) -> None:
+    """Add videos to the library (re-ingesting replaces a video's transcript)."""
+    settings = _settings()
+    with _user_errors():
+        sources = _parse_sources(inputs, title=title, youtube_id=youtube_id)
+        report = _run_ingest(settings, _store(settings), sources, language, skip_present=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def videos() -> None:
+    """List the videos in the library."""
+    settings = _settings()
+    with _user_errors():
+        rows = _store(settings).list_videos()
+    if not rows:
+        out.print("The library is empty. Add a video with `backtalk ingest URL`.")
+        return
+    table = Table("id", "title", "length", "chunks", "link")
+    for v in rows:
+        link = f"https://youtu.be/{v.youtube_id}" if v.youtube_id else ""
+        table.add_row(v.key, v.title, format_timestamp(v.duration_s), str(v.chunks), link)
+    out.print(table)
+
+
+def _keys(values: Sequence[str]) -> list[str]:
+    """Store keys for user-given videos: URL/id/caption file, or a key as listed."""
+    keys = []
+    for value in values:
+        try:
+            keys.append(parse_source(value).key)
+        except InvalidVideoIdError:
+            keys.append(value.strip())
+    return keys
+
+
+def _find(store: Store, values: Sequence[str]) -> list[VideoInfo]:
+    keys = _keys(values)
+    found = store.find_videos(keys)
+    for value, key in zip(values, keys, strict=True):
+        if key not in found:
+            raise VideoNotFoundError(value)
+    return [found[k] for k in keys]
+
+
+@app.command()
+def remove(
+    video: Annotated[list[str], typer.Argument(help="Videos to remove (id as listed, or URL).")],
+) -> None:
+    """Remove videos and their chunks from the library."""
+    settings = _settings()
+    with _user_errors():
+        store = _store(settings)
+        for info in _find(store, video):
+            store.remove_video(info.key)
+            out.print(f"Removed {info.key}: {info.title}", highlight=False)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in your own words.")],
+    video: Annotated[
+        list[str] | None, typer.Option("--video", "-v", help="Search only this video (repeat).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many chunks to show.")] = 5,
+) -> None:
+    """Show the transcript chunks closest to QUERY, with times and links."""
+    if not query.strip():
+        _fail("the query is empty; say what to look for.", 2)
+    settings = _settings()
+    with _user_errors():
+        store = _store(settings)
+        embedder = _embedder(settings)
+        store.check_embedder(embedder.model, embedder.dimensions)
+        scope = [v.id for v in _find(store, video)] if video else None
+        hits = store.search(embedder.embed([query])[0], k=k, video_ids=scope)
+    if not hits:
+        out.print("No matches: the library is empty. Add a video with `backtalk ingest URL`.")
+        return
+    for hit in hits:
+        where = f"{format_timestamp(hit.start_s)}-{format_timestamp(hit.end_s)}"
+        link = youtube_link(hit.youtube_id, hit.start_s) if hit.youtube_id else ""
+        out.print(
+            f"[bold]{hit.video_title}[/] [cyan]{where}[/] score {hit.score:.2f} {link}",
+            highlight=False,
+        )
+        out.print(f"  {hit.text}", highlight=False, soft_wrap=False)
+
+
+@app.command()
+def talk(
+    inputs: Annotated[
+        list[str], typer.Argument(help="YouTube URLs/ids or caption files to talk about.")
+    ],
+    transport: Annotated[
+        Transport, typer.Option(help="webrtc: a local browser page; daily: a Daily room.")
+    ] = Transport.webrtc,
+    room_url: Annotated[
+        str | None, typer.Option(help="Join this Daily room instead of creating one.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface for the local page.")] = "localhost",
+    port: Annotated[int, typer.Option(help="Port for the local page.")] = 7860,
+    language: Annotated[
+        list[str] | None, typer.Option("--language", "-l", help="Caption language (repeat).")
+    ] = None,
+) -> None:
+    """Talk with a video: ingest it if needed, then start the voice agent."""
+    from backtalk.agent.bot import AgentResources, TalkSession
+
+    settings = _settings()
+    with _user_errors():
+        if room_url and transport is not Transport.daily:
+            raise UsageError("--room-url needs --transport daily.")
+        settings.require_keys(talk=True, transport=transport.value, room_url=room_url)
+        sources = _parse_sources(inputs, title=None, youtube_id=None)
+        store = _store(settings)
+        report = _run_ingest(settings, store, sources, language, skip_present=True)
+        if not report.ok:
+            raise typer.Exit(1)
+        session = TalkSession(videos=_find(store, [s.key for s in sources]))
+        resources = AgentResources.open(settings, store)
+        if transport is Transport.daily:
+            from backtalk.agent.runner import run_daily
+
+            asyncio.run(run_daily(resources, session, room_url=room_url))
+        else:
+            from backtalk.agent.runner import serve_webrtc
+
+            serve_webrtc(resources, session, host=host, port=port)
+
+
+def main() -> None:
+    """Entry point of the ``backtalk`` console script."""
+    app(prog_name="backtalk")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Prompts as package data: personas (``<name>.md``) and the grounding rules.
+
+A system instruction is a persona followed by ``grounding.md`` with the session's
+videos filled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+
+from backtalk.processors.retrieval import format_timestamp
+
+__all__ = ["DEFAULT_PERSONA", "load_persona", "personas", "system_instruction"]
+
+DEFAULT_PERSONA = "tutor"
+_NOT_PERSONAS = {"grounding"}
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(f"{name}.md").read_text(encoding="utf-8")
+
+
+def personas() -> list[str]:
+    """Names of the personas shipped with Backtalk (the ``.md`` files here)."""
+    return sorted(
+        entry.name.removesuffix(".md")
+        for entry in resources.files(__package__).iterdir()
+        if entry.name.endswith(".md") and entry.name.removesuffix(".md") not in _NOT_PERSONAS
+    )
+
+
+def load_persona(name: str) -> str:
+    """The persona prompt ``name``.
+
+    Raises:
+        ValueError: no such persona (the message lists the available ones).
+    """
+    if name not in personas():
+        raise ValueError(f"unknown persona {name!r}; choose one of: {', '.join(personas())}")
+    return _read(name).strip()
+
+
+def system_instruction(
+    videos: Sequence[tuple[str, float]], *, persona: str = DEFAULT_PERSONA
+) -> str:
+    """The LLM's system instruction for a session.
+
+    Args:
+        videos: ``(title, duration_s)`` of each video in the session.
+        persona: Persona name (see :func:`personas`).
+
+    Returns:
+        Persona text followed by the grounding rules.
+    """
+    listing = "\n".join(
+        f'- "{title}" ({format_timestamp(duration)} long)' for title, duration in videos
+    )
+    return load_persona(persona) + "\n\n" + _read("grounding").strip().format(videos=listing)
