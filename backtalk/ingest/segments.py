@@ -55,7 +55,7 @@ def clean_text(raw: str) -> str:
         Plain single-line text; empty if the line carried no speech.
     """
     text = html.unescape(raw)
-    text = _TAG.sub(" ", text)
+    text = _TAG.sub("", text)
     text = _SOUND_CUE.sub(" ", text)
     text = unicodedata.normalize("NFKC", text)
     text = "".join(ch for ch in text if _visible(ch))

@@ -33,6 +33,8 @@ _YOUTUBE_HOSTS = {
     "youtube-nocookie.com",
     "www.youtube-nocookie.com",
 }
+#: A URL scheme such as ``javascript:`` (but not ``host:443``).
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):(?!\d)")
 _SHORT_HOSTS = {"youtu.be", "www.youtu.be"}
 #: Path prefixes whose next segment is the video id.
 _ID_PATHS = ("shorts", "embed", "live", "v", "e")
@@ -59,6 +61,9 @@ def parse_video_id(value: str) -> str:
         raise InvalidVideoIdError(value, "empty input; give a YouTube URL or an 11-character id")
     if _VIDEO_ID.fullmatch(raw):
         return raw
+    scheme = _SCHEME.match(raw)
+    if scheme and scheme.group(1).lower() not in ("http", "https"):
+        raise InvalidVideoIdError(value, f"unsupported scheme {scheme.group(1)!r}; use a https URL")
     url = raw if "://" in raw else f"https://{raw}"
     try:
         parts = urlsplit(url)
@@ -159,6 +164,8 @@ def parse_source(
     Raises:
         InvalidVideoIdError: not a usable file, URL or id, with the reason.
     """
+    if not value.strip():
+        raise InvalidVideoIdError(value, "empty input; give a YouTube URL, an id or a caption file")
     path = Path(value).expanduser()
     looks_like_file = path.suffix.lower() in CAPTION_SUFFIXES or path.exists()
     if looks_like_file:

@@ -234,7 +234,9 @@ class RAGContextProcessor(FrameProcessor):
         """Chunks for ``query``; None on timeout/failure; ``_WITHDRAWN`` when a
         withdrawn eager turn cancelled it."""
         await self.start_processing_metrics()
-        task = self.create_task(self._retriever.retrieve(query, k=self._top_k), f"{self}::retrieve")
+        # Pipecat's task manager logs and swallows exceptions, so the outcome is
+        # captured inside the task.
+        task = self.create_task(self._outcome(query), f"{self}::retrieve")
         if speculative:
             self._speculative_task = task
         try:
@@ -257,7 +259,7 @@ class RAGContextProcessor(FrameProcessor):
         if task.cancelled():
             self.stats.cancelled += 1
             return _WITHDRAWN
-        error = task.exception()
+        chunks, error = task.result()
         if error is not None:
             self.stats.failures += 1
             logger.warning(f"{self}: retrieval failed ({type(error).__name__}); answering without it")
@@ -268,7 +270,15 @@ class RAGContextProcessor(FrameProcessor):
             )
             await self._call_event_handler("on_retrieval_failed", query, error)
             return None
-        return task.result()
+        return chunks
+
+    async def _outcome(
+        self, query: str
+    ) -> tuple[Sequence[RetrievedChunk] | None, Exception | None]:
+        try:
+            return await self._retriever.retrieve(query, k=self._top_k), None
+        except Exception as exc:  # any retriever failure must leave the turn running
+            return None, exc
 
     async def _augment(self, frame: LLMContextFrame) -> LLMContextFrame | None:
         messages = frame.context.get_messages()  # the live shared list: read only
