@@ -11,11 +11,12 @@ passed down; library classes take plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backtalk.errors import MissingKeysError
 
@@ -105,7 +106,7 @@ class Settings(BaseSettings):
     stt_language: str = "en"
     tts_voice: str = "aura-2-helena-en"
 
-    transcript_languages: list[str] = ["en"]
+    transcript_languages: Annotated[list[str], NoDecode] = ["en"]
     youtube_proxy_url: SecretStr | None = None
     webshare_proxy_username: SecretStr | None = None
     webshare_proxy_password: SecretStr | None = None
@@ -125,11 +126,24 @@ class Settings(BaseSettings):
     @field_validator("transcript_languages", mode="before")
     @classmethod
     def _split_languages(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("openai_base_url", "deepgram_base_url", mode="before")
+    @field_validator(
+        "openai_base_url",
+        "deepgram_base_url",
+        "deepgram_api_key",
+        "openai_api_key",
+        "daily_api_key",
+        "database_url",
+        "youtube_proxy_url",
+        "webshare_proxy_username",
+        "webshare_proxy_password",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

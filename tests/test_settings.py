@@ -1,0 +1,58 @@
+"""Settings: environment and .env, secrets, key checks."""
+
+import pytest
+from pydantic import ValidationError
+
+from backtalk.config import Settings
+from backtalk.errors import MissingKeysError
+
+
+def test_env_file_is_read_and_empty_keys_count_as_missing(tmp_path):
+    (tmp_path / ".env").write_text(
+        "DEEPGRAM_API_KEY=\nOPENAI_API_KEY=sk-from-dotenv\nBACKTALK_TRANSCRIPT_LANGUAGES=de, en\n"
+    )
+    settings = Settings()
+    assert settings.deepgram_api_key is None
+    assert settings.openai_api_key.get_secret_value() == "sk-from-dotenv"
+    assert settings.transcript_languages == ["de", "en"]
+    with pytest.raises(MissingKeysError) as info:
+        settings.require_keys(talk=True)
+    assert list(info.value.missing) == ["DEEPGRAM_API_KEY"]
+
+
+def test_environment_wins_over_env_file(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-dotenv\n")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert Settings().openai_api_key.get_secret_value() == "sk-from-env"
+
+
+def test_secrets_are_masked_everywhere(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-LEAKCHECK")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw-LEAKCHECK@h/db")
+    settings = Settings()
+    for rendering in (repr(settings), str(settings.model_dump()), settings.model_dump_json()):
+        assert "LEAKCHECK" not in rendering
+
+
+def test_missing_keys_message_says_what_needs_each(monkeypatch):
+    with pytest.raises(MissingKeysError) as info:
+        Settings().require_keys(talk=True, transport="daily")
+    message = str(info.value)
+    assert "DEEPGRAM_API_KEY: needed for speech recognition" in message
+    assert "OPENAI_API_KEY: needed for the answers" in message
+    assert "DAILY_API_KEY: needed for creating a Daily room" in message
+    Settings(
+        deepgram_api_key="d", openai_api_key="o"
+    ).require_keys(talk=True, transport="daily", room_url="https://x.daily.co/r")
+
+
+def test_openai_embedder_needs_the_openai_key_even_for_ingest(monkeypatch):
+    monkeypatch.setenv("BACKTALK_EMBEDDER", "openai")
+    with pytest.raises(MissingKeysError, match="BACKTALK_EMBEDDER=openai"):
+        Settings().require_keys()
+
+
+def test_bad_values_are_rejected(monkeypatch):
+    monkeypatch.setenv("BACKTALK_RETRIEVAL_TIMEOUT_S", "-1")
+    with pytest.raises(ValidationError):
+        Settings()
