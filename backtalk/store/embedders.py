@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import openai
 
 from backtalk.errors import ConfigError, EmbeddingError
 
@@ -148,6 +147,8 @@ class OpenAIEmbedder:
         dimensions: int = 1536,
         timeout_s: float = 30.0,
     ):
+        import openai  # imported on use: the local embedder needs none of it
+
         self.model = model
         self.dimensions = dimensions
         self._client = openai.OpenAI(
@@ -176,7 +177,7 @@ class OpenAIEmbedder:
                 response = self._client.embeddings.create(
                     model=self.model, input=batch, dimensions=self.dimensions
                 )
-            except openai.OpenAIError as exc:
+            except _openai_error() as exc:
                 raise EmbeddingError(_describe(exc)) from exc
             parts.append(self._to_array(response.data, len(batch)))
         if not parts:
@@ -191,14 +192,22 @@ class OpenAIEmbedder:
                 response = await self._aclient.embeddings.create(
                     model=self.model, input=batch, dimensions=self.dimensions
                 )
-            except openai.OpenAIError as exc:
+            except _openai_error() as exc:
                 raise EmbeddingError(_describe(exc)) from exc
             parts.append(self._to_array(response.data, len(batch)))
         return np.concatenate(parts) if parts else np.zeros((0, self.dimensions), np.float32)
 
 
-def _describe(exc: openai.OpenAIError) -> str:
+def _openai_error() -> type[Exception]:
+    import openai
+
+    return openai.OpenAIError
+
+
+def _describe(exc: Exception) -> str:
     """A user-facing summary of an OpenAI error that never includes the key."""
+    import openai
+
     if isinstance(exc, openai.AuthenticationError):
         return "OpenAI rejected OPENAI_API_KEY (401). Check the key in your .env."
     if isinstance(exc, openai.RateLimitError):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -115,6 +113,9 @@ def migrate(engine: Engine) -> None:
     Raises:
         StoreError: if the database cannot be reached or refuses the migration.
     """
+    from alembic import command  # imported on use: alembic takes ~0.2 s to import
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     try:
