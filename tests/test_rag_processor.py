@@ -276,3 +276,24 @@ async def test_query_comes_from_list_content_too(content):
         expected_down_frames=[LLMContextFrame],
     )
     assert retriever.queries == ["multimodal question"]
+
+
+async def test_chunks_below_the_similarity_floor_are_dropped():
+    weak = RetrievedChunk(text="weak", start_s=0, end_s=30, video_title="t", video_key="k", score=0.1)
+    processor = RAGContextProcessor(ListRetriever(chunks=[LR, weak]), min_score=0.25)
+    down, _ = await run_test(
+        processor,
+        frames_to_send=[LLMContextFrame(context=user_turn("learning rate?"))],
+        expected_down_frames=[LLMContextFrame],
+    )
+    content = retrieval_messages(down[0].context)[0]["content"]
+    assert content.count("<excerpt ") == 1 and ">\nweak\n<" not in content
+
+    off_topic = RAGContextProcessor(ListRetriever(chunks=[weak]), min_score=0.25)
+    down, _ = await run_test(
+        off_topic,
+        frames_to_send=[LLMContextFrame(context=user_turn("weather in Paris?"))],
+        expected_down_frames=[LLMContextFrame],
+    )
+    assert "No part of the video's transcript matched" in retrieval_messages(down[0].context)[0]["content"]
+    assert off_topic.stats.empty == 1 and off_topic.stats.injected == 0

@@ -102,7 +102,10 @@ def build_stages(
         ),
     )
     rag = RAGContextProcessor(
-        retriever, top_k=settings.retrieval_top_k, timeout_s=settings.retrieval_timeout_s
+        retriever,
+        top_k=settings.retrieval_top_k,
+        timeout_s=settings.retrieval_timeout_s,
+        min_score=settings.min_score,
     )
     stages: list[tuple[str, FrameProcessor]] = [
         ("input", transport.input()),

@@ -134,7 +134,7 @@ class RAGStats:
     Parameters:
         turns: Context frames that had a user message.
         injected: Turns that got retrieved chunks.
-        empty: Turns where the retriever found nothing.
+        empty: Turns where the retriever found nothing (above the similarity floor).
         timeouts: Turns that ran past the latency budget and went on without context.
         failures: Turns whose retrieval raised (store down, embedder error).
         cancelled: Retrievals cancelled by an interruption or a withdrawn eager turn.
@@ -183,6 +183,10 @@ class RAGContextProcessor(FrameProcessor):
         retriever: Where chunks come from.
         top_k: Chunks asked for per turn.
         timeout_s: Latency budget for one retrieval, seconds.
+        min_score: Similarity floor: chunks scoring below it are dropped, and a turn
+            left with none is told the video does not cover the question. None: no
+            floor. The right value depends on the embedder (Backtalk measures its
+            defaults with ``backtalk eval``).
         max_context_chars: Budget of transcript characters in one retrieval message.
         query_builder: Builds the retrieval query from the context messages and the
             index of the latest user message; default: that message's text.
@@ -195,6 +199,7 @@ class RAGContextProcessor(FrameProcessor):
         *,
         top_k: int = 4,
         timeout_s: float = 0.5,
+        min_score: float | None = None,
         max_context_chars: int = 6000,
         query_builder: QueryBuilder = latest_user_query,
         **kwargs,
@@ -203,6 +208,7 @@ class RAGContextProcessor(FrameProcessor):
         self._retriever = retriever
         self._top_k = top_k
         self._timeout_s = timeout_s
+        self._min_score = min_score
         self._max_context_chars = max_context_chars
         self._query_builder = query_builder
         self._speculative_task: asyncio.Task | None = None
@@ -291,6 +297,8 @@ class RAGContextProcessor(FrameProcessor):
         chunks = await self._retrieve(query, frame.speculation)
         if chunks is _WITHDRAWN:
             return None  # the eager turn was withdrawn: drop its speculative frame
+        if chunks is not None and self._min_score is not None:
+            chunks = [c for c in chunks if c.score >= self._min_score]
         if chunks is not None:
             if chunks:
                 self.stats.injected += 1

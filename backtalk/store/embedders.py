@@ -80,7 +80,14 @@ class LocalEmbedder:
     """
 
     def __init__(self, dimensions: int = 256):
+        # wordllama calls logging.basicConfig(level=INFO) on import, which would make
+        # every library's INFO logs appear on stderr; undo that.
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
         import wordllama
+
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
         package_dir = Path(wordllama.__file__).parent
         try:

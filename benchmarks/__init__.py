@@ -1,0 +1,1 @@
+"""Backtalk benchmarks: ``python -m benchmarks.retrieval`` and ``python -m benchmarks.ingest``."""

@@ -1,0 +1,278 @@
+"""End to end: ``backtalk talk <caption file>`` answers a spoken question over WebRTC.
+
+The product's main command runs as a user runs it, in its own process: it ingests
+the caption file into a real (embedded) Postgres, then serves Pipecat's dev runner
+(prebuilt UI at ``/client/``, SmallWebRTC signalling). A Python WebRTC client
+(:mod:`tests.webrtc_client`, aiortc) connects the way the prebuilt page does, sends a
+real recorded question as Opus over RTP, and listens to the bot's voice. Only the
+cloud services are stand-ins: the loopback fakes of :mod:`tests.fakes` (real wire
+protocols) run in this test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import AUDIO, TRANSCRIPTS
+from fakes import FakeDeepgram, FakeOpenAI
+from webrtc_client import Microphone, SmallWebRTCClient, load_wav
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+LECTURE = (TRANSCRIPTS / "gradient_descent_lecture.json").resolve()
+LECTURE_TITLE = "Gradient descent lecture"  # derived from the file name
+Q1_WAV = AUDIO / "q1_what_is_learning_rate.wav"
+Q1_TEXT = "What does the speaker say about choosing the learning rate?"
+ANSWER = "He says to start small, around zero point zero one, about four minutes in."
+#: The learning-rate passage of the lecture, seconds (fixtures README: 213.9-272.9).
+LEARNING_RATE_SPAN = (214.0, 273.0)
+#: Seconds of fake synthesised speech per character (default 0.06 makes a 6 s greeting).
+TTS_SECS_PER_CHAR = 0.02
+#: Silence the user leaves after the greeting before asking, seconds.
+PAUSE_BEFORE_QUESTION_S = 1.5
+
+#: Generous bounds for a loaded 2-core machine; polled, never slept for.
+STARTUP_TIMEOUT_S = 90.0
+GREETING_TIMEOUT_S = 15.0
+ANSWER_TIMEOUT_S = 20.0
+EXIT_TIMEOUT_S = 20.0
+
+_EXCERPT = re.compile(r'<excerpt [^>]*start_seconds="(\d+)" end_seconds="(\d+)">\n(.*?)\n</excerpt>',
+                      re.S)
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+                     proc: subprocess.Popen | None = None) -> object:
+    """Poll ``predicate`` every 50 ms; fail after ``timeout`` s, or if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"backtalk exited ({proc.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Output:
+    """Collects a pipe's lines from a background thread."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in iter(stream.readline, ""):
+            self.lines.append(line)
+        stream.close()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def process_group(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command) of every live process in process group ``pgid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def user_texts(request: dict) -> list[str]:
+    out = []
+    for message in request["messages"]:
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(part.get("text", "") for part in content)
+            out.append(content or "")
+    return out
+
+
+@pytest.fixture
+def fake_openai():
+    with FakeOpenAI(reply=ANSWER) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_deepgram():
+    with FakeDeepgram(tts_secs_per_char=TTS_SECS_PER_CHAR) as fake:
+        yield fake
+
+
+async def test_talk_answers_a_spoken_question_over_webrtc(
+    database_url: str, tmp_path: Path, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram
+):
+    fake_deepgram.queue_transcript(Q1_TEXT)
+    port = free_port()
+    cwd = tmp_path / "cwd"  # empty: no .env for Settings or the runner's load_dotenv
+    cwd.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BACKTALK_", "OPENAI_", "DEEPGRAM_", "DAILY_", "PIPECAT_"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        DEEPGRAM_API_KEY="dg-test",
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        BACKTALK_DEEPGRAM_BASE_URL=fake_deepgram.base_url,
+        BACKTALK_DATA_DIR=str(tmp_path / "data"),
+        # stdout is a pipe here: without this, the runner's print()s (the URL to
+        # open) stay in the block buffer until the process exits.
+        PYTHONUNBUFFERED="1",
+    )
+    cmd = [sys.executable, "-m", "backtalk.cli", "talk", str(LECTURE), "--port", str(port)]
+    base = f"http://localhost:{port}"
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+        start_new_session=True,  # its own process group: orphans are findable, killable
+    )
+    out, err = Output(proc.stdout), Output(proc.stderr)
+    client: SmallWebRTCClient | None = None
+    timings: dict[str, float] = {}
+    try:
+        # -- 1. it ingests, prints where to go, and serves the page -----------------------
+        await wait_until(lambda: f"{LECTURE_TITLE} (" in out.text, STARTUP_TIMEOUT_S,
+                         "the ingest report", proc)
+        timings["ingested"] = time.monotonic() - t0
+        await wait_until(lambda: f"Open: http://localhost:{port}" in out.text, STARTUP_TIMEOUT_S,
+                         "the runner's URL", proc)
+        await wait_until(lambda: http_status(f"{base}/client/") == 200, STARTUP_TIMEOUT_S,
+                         "GET /client/ == 200", proc)
+        timings["startup"] = time.monotonic() - t0
+        assert re.search(r"✓ \S+ added: Gradient descent lecture \(\d+ chunks\)", out.text), out.text
+
+        # -- 2. a WebRTC client joins, as the prebuilt page does --------------------------
+        mic = Microphone()
+        client = SmallWebRTCClient(base, mic)
+        connect_started = time.monotonic()
+        await client.connect(timeout_s=30)
+        timings["connect"] = time.monotonic() - connect_started
+        assert client.answer["type"] == "answer" and client.answer["pc_id"]
+        assert "a=candidate" in client.offer_request["sdp"]  # no trickle ICE needed
+
+        # -- 3. the bot greets, naming the video ------------------------------------------
+        speaker = client.loudspeaker
+        greeted_at = await wait_until(lambda: speaker.first_audible_at(connect_started),
+                                      GREETING_TIMEOUT_S, "the greeting's audio", proc)
+        timings["greeting"] = greeted_at - connect_started
+        assert any(LECTURE_TITLE in t for t in fake_deepgram.spoken_texts), (
+            fake_deepgram.spoken_texts
+        )
+        await wait_until(lambda: client.rtvi_messages("bot-ready"), 10, "RTVI bot-ready", proc)
+        await wait_until(lambda: speaker.quiet_for(PAUSE_BEFORE_QUESTION_S), 20,
+                         "the greeting to end", proc)
+        greeting_s = speaker.audible_seconds(connect_started)
+
+        # -- 4. the user asks a question out loud -----------------------------------------
+        clip = mic.play(load_wav(Q1_WAV))
+        await wait_until(lambda: clip.ended_at, 15, "the question to be sent", proc)
+        request = await wait_until(
+            lambda: next((r for r in fake_openai.chat_requests
+                          if r["messages"] and r["messages"][-1].get("content") == Q1_TEXT), None),
+            ANSWER_TIMEOUT_S, "the chat request for the question", proc,
+        )
+        answered_at = await wait_until(lambda: speaker.first_audible_at(clip.ended_at),
+                                       ANSWER_TIMEOUT_S, "the answer's audio", proc)
+        timings["answer"] = answered_at - clip.ended_at
+        await wait_until(lambda: speaker.quiet_for(1.0), 20, "the answer to end", proc)
+        answer_s = speaker.audible_seconds(clip.ended_at)
+
+        # Retrieval: a user-role <transcript_excerpts> message with the learning-rate passage.
+        rag = next((t for t in user_texts(request) if "<transcript_excerpts>" in t), None)
+        assert rag is not None, request["messages"]
+        spans = [(int(a), int(b)) for a, b, _ in _EXCERPT.findall(rag)]
+        lo, hi = LEARNING_RATE_SPAN
+        assert any(a < hi and b > lo for a, b in spans), f"no excerpt overlaps {lo}-{hi}: {spans}"
+        assert request["messages"][-1] == {"role": "user", "content": Q1_TEXT}
+        assert any(t.strip() == ANSWER for t in fake_deepgram.spoken_texts), (
+            fake_deepgram.spoken_texts
+        )
+        assert answer_s > 1.0, f"only {answer_s:.2f}s of the answer was heard"
+
+        # -- 5. the user hangs up; the conversation ends -----------------------------------
+        await client.close()
+        client = None
+        await wait_until(lambda: "Conversation " in err.text and " ended:" in err.text, 15,
+                         "the conversation to end", proc)
+
+        # -- 6. Ctrl-C stops the server cleanly --------------------------------------------
+        group_before = process_group(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        sigint_at = time.monotonic()
+        returncode = await asyncio.to_thread(proc.wait, EXIT_TIMEOUT_S)
+        timings["exit"] = time.monotonic() - sigint_at
+        out.join()
+        err.join()
+        leftovers = process_group(proc.pid)
+        print(
+            f"\nbacktalk talk over WebRTC: startup {timings['startup']:.1f}s "
+            f"(ingest done {timings['ingested']:.1f}s), connect {timings['connect']:.2f}s, "
+            f"greeting audio {timings['greeting']:.2f}s after connecting ({greeting_s:.1f}s long), "
+            f"answer audio {timings['answer']:.2f}s after the question ended "
+            f"({answer_s:.1f}s long), exit {timings['exit']:.2f}s after SIGINT (rc {returncode}); "
+            f"processes in the group before SIGINT: {group_before}"
+        )
+        assert "Traceback" not in err.text, err.text[-5000:]
+        assert not leftovers, f"orphan processes: {leftovers}"
+    finally:
+        if client is not None:
+            await client.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        out.join()
+        err.join()
+        print("---- backtalk stdout ----\n" + out.text)
+        print("---- backtalk stderr ----\n" + err.text[-20000:])
