@@ -17,6 +17,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
 
 from backtalk.processors import RAGContextProcessor, RetrievedChunk, render_retrieval_message
+from backtalk.processors.citations import RetrievalResultFrame
 
 LR = RetrievedChunk(
     text="and the learning rate is just a small number that controls how big a step you take",
@@ -70,9 +71,9 @@ async def test_injects_one_user_role_message_into_a_copy_of_the_context():
     down, _ = await run_test(
         RAGContextProcessor(retriever),
         frames_to_send=[LLMContextFrame(context=shared)],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    pushed = down[0].context.get_messages()
+    pushed = down[-1].context.get_messages()
     assert [m["role"] for m in pushed] == ["user", "user"]
     assert pushed[-1]["content"] == "what does he say about the learning rate?"
     assert "learning rate is just a small number" in pushed[0]["content"]
@@ -80,7 +81,7 @@ async def test_injects_one_user_role_message_into_a_copy_of_the_context():
     assert retriever.queries == ["what does he say about the learning rate?"]
     # The shared context, owned by the aggregators, is untouched.
     assert len(shared.get_messages()) == 1
-    assert down[0].context is not shared
+    assert down[-1].context is not shared
 
 
 async def test_retrieved_text_never_accumulates_across_turns():
@@ -89,7 +90,7 @@ async def test_retrieved_text_never_accumulates_across_turns():
     down, _ = await run_test(
         processor,
         frames_to_send=[LLMContextFrame(context=shared)],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
     # Turn two: the aggregators append the answer and the next question.
     shared.add_message({"role": "assistant", "content": "answer one"})
@@ -97,12 +98,12 @@ async def test_retrieved_text_never_accumulates_across_turns():
     down2, _ = await run_test(
         RAGContextProcessor(ListRetriever()),
         frames_to_send=[LLMContextFrame(context=shared)],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    pushed = down2[0].context.get_messages()
-    assert len(retrieval_messages(down2[0].context)) == 1
+    pushed = down2[-1].context.get_messages()
+    assert len(retrieval_messages(down2[-1].context)) == 1
     # ... placed right before the latest user message, not at the top.
-    assert pushed[-2] is retrieval_messages(down2[0].context)[0]
+    assert pushed[-2] is retrieval_messages(down2[-1].context)[0]
     assert retrieval_messages(shared) == []
     assert [m["role"] for m in shared.get_messages()] == ["user", "assistant", "user"]
 
@@ -143,10 +144,10 @@ async def test_retrieval_timeout_lets_the_turn_go_on_without_context():
     down, up = await run_test(
         processor,
         frames_to_send=[LLMContextFrame(context=user_turn("hello?"))],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
     assert time.monotonic() - started < 2.0  # the 5 s retrieval was not waited for
-    note = retrieval_messages(down[0].context)[0]["content"]
+    note = retrieval_messages(down[-1].context)[0]["content"]
     assert "could not be searched" in note and "<excerpt" not in note
     assert processor.stats.timeouts == 1 and processor.stats.cancelled == 1
     assert retriever.cancelled == 1
@@ -164,9 +165,9 @@ async def test_store_failure_lets_the_turn_go_on_and_reports_a_non_fatal_error()
     down, up = await run_test(
         processor,
         frames_to_send=[LLMContextFrame(context=user_turn("hello?"))],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    assert "could not be searched" in retrieval_messages(down[0].context)[0]["content"]
+    assert "could not be searched" in retrieval_messages(down[-1].context)[0]["content"]
     assert processor.stats.failures == 1
     errors = [f for f in up if isinstance(f, ErrorFrame)]
     assert len(errors) == 1 and not errors[0].fatal
@@ -178,9 +179,9 @@ async def test_nothing_found_is_said_plainly():
     down, _ = await run_test(
         RAGContextProcessor(ListRetriever(chunks=[])),
         frames_to_send=[LLMContextFrame(context=user_turn("weather in Paris?"))],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    assert "No part of the video's transcript matched" in retrieval_messages(down[0].context)[0]["content"]
+    assert "No part of the video's transcript matched" in retrieval_messages(down[-1].context)[0]["content"]
 
 
 async def test_interruption_cancels_pending_retrieval_and_drops_the_turn():
@@ -195,7 +196,7 @@ async def test_interruption_cancels_pending_retrieval_and_drops_the_turn():
             SleepFrame(sleep=0.1),
             LLMContextFrame(context=user_turn("slow question", "next question")),
         ],
-        expected_down_frames=[InterruptionFrame, LLMContextFrame],
+        expected_down_frames=[InterruptionFrame, RetrievalResultFrame, LLMContextFrame],
     )
     assert retriever.cancelled == 1
     # The late result of the first turn never leaks into the next one.
@@ -222,9 +223,9 @@ async def test_speculation_flag_is_kept():
     down, _ = await run_test(
         RAGContextProcessor(ListRetriever()),
         frames_to_send=[LLMContextFrame(context=user_turn("q"), speculation=True)],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    assert down[0].speculation is True
+    assert down[-1].speculation is True
 
 
 async def test_context_without_a_user_message_passes_unchanged():
@@ -273,7 +274,7 @@ async def test_query_comes_from_list_content_too(content):
     await run_test(
         RAGContextProcessor(retriever),
         frames_to_send=[LLMContextFrame(context=LLMContext(messages=[{"role": "user", "content": content}]))],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
     assert retriever.queries == ["multimodal question"]
 
@@ -284,16 +285,16 @@ async def test_chunks_below_the_similarity_floor_are_dropped():
     down, _ = await run_test(
         processor,
         frames_to_send=[LLMContextFrame(context=user_turn("learning rate?"))],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    content = retrieval_messages(down[0].context)[0]["content"]
+    content = retrieval_messages(down[-1].context)[0]["content"]
     assert content.count("<excerpt ") == 1 and ">\nweak\n<" not in content
 
     off_topic = RAGContextProcessor(ListRetriever(chunks=[weak]), min_score=0.25)
     down, _ = await run_test(
         off_topic,
         frames_to_send=[LLMContextFrame(context=user_turn("weather in Paris?"))],
-        expected_down_frames=[LLMContextFrame],
+        expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    assert "No part of the video's transcript matched" in retrieval_messages(down[0].context)[0]["content"]
+    assert "No part of the video's transcript matched" in retrieval_messages(down[-1].context)[0]["content"]
     assert off_topic.stats.empty == 1 and off_topic.stats.injected == 0

@@ -3,8 +3,8 @@
 ::
 
     transport.input() → Deepgram STT → user aggregator (Silero VAD, turn strategies)
-      → RAG context processor → OpenAI LLM → Deepgram TTS → transport.output()
-      → assistant aggregator
+      → RAG context processor → OpenAI LLM → citation processor → Deepgram TTS
+      → transport.output() → assistant aggregator
 
 Swapping a service or a VAD/turn parameter is a setting (see
 :mod:`backtalk.agent.services`), not a code change here.
@@ -29,6 +29,7 @@ from pipecat.transports.base_transport import BaseTransport
 from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
 from backtalk.config import Settings
 from backtalk.processors import RAGContextProcessor, Retriever
+from backtalk.processors.citations import CitationProcessor
 
 __all__ = ["BotStages", "build_stages"]
 
@@ -63,6 +64,11 @@ class BotStages:
     def rag(self) -> RAGContextProcessor:
         """The RAG context processor."""
         return self["rag"]  # type: ignore[return-value]
+
+    @property
+    def citations(self) -> CitationProcessor:
+        """The citation processor."""
+        return self["citations"]  # type: ignore[return-value]
 
     @property
     def llm(self) -> LLMService:
@@ -113,6 +119,7 @@ def build_stages(
         ("user", user),
         ("rag", rag),
         ("llm", make_llm(settings, system_instruction)),
+        ("citations", CitationProcessor()),
         ("tts", make_tts(settings)),
         ("output", transport.output()),
         ("assistant", assistant),

@@ -26,6 +26,7 @@ from pipecat.turns.user_stop import (
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from backtalk.config import Settings
+from backtalk.processors.citations import strip_citations
 
 __all__ = ["make_llm", "make_stt", "make_tts", "make_turn_strategies", "make_vad"]
 
@@ -78,11 +79,13 @@ def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
 
 
 def make_tts(settings: Settings) -> DeepgramTTSService:
-    """Deepgram Aura streaming TTS (``/v1/speak`` websocket)."""
+    """Deepgram Aura streaming TTS (``/v1/speak`` websocket); citation tags are
+    removed from the text before it is spoken."""
     kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
     return DeepgramTTSService(
         api_key=_secret(settings.deepgram_api_key),
         settings=DeepgramTTSService.Settings(voice=settings.tts_voice),
+        text_transforms=[("*", strip_citations)],
         **kwargs,
     )
 

@@ -31,6 +31,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext, standard_mess
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.errors import ErrorCategory
 
+from backtalk.processors.citations import RetrievalResultFrame
 from backtalk.processors.retrieval import RetrievedChunk, Retriever, format_timestamp
 
 __all__ = [
@@ -87,7 +88,8 @@ def render_retrieval_message(
         used += len(chunk.text)
         title = html.escape(chunk.video_title, quote=True)
         parts.append(
-            f'<excerpt video="{title}" start="{format_timestamp(chunk.start_s)}" '
+            f'<excerpt video="{title}" id="{html.escape(chunk.video_key, quote=True)}" '
+            f'start="{format_timestamp(chunk.start_s)}" '
             f'end="{format_timestamp(chunk.end_s)}" start_seconds="{int(chunk.start_s)}" '
             f'end_seconds="{int(chunk.end_s)}">\n'
             f"{html.escape(chunk.text, quote=False)}\n</excerpt>"
@@ -161,6 +163,8 @@ class RAGContextProcessor(FrameProcessor):
       retriever error the turn goes on with a short "library unavailable" note
       instead of excerpts; the failure is logged, counted in :attr:`stats`, and
       reported upstream as a non-fatal ``ErrorFrame`` (category ``CONNECTIVITY``);
+    * a :class:`~backtalk.processors.citations.RetrievalResultFrame` with the chunks
+      goes downstream first (for citation checks or a UI), then
     * the frame pushed on carries a new ``LLMContext``: the original messages plus
       one retrieval message (:func:`render_retrieval_message`) right before the
       latest user message, and the original ``speculation`` flag;
@@ -231,9 +235,12 @@ class RAGContextProcessor(FrameProcessor):
         if isinstance(frame, EagerEndOfTurnCancelFrame) and self._speculative_task:
             self._speculative_task.cancel()
         if isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
-            frame = await self._augment(frame)
-            if frame is None:
+            augmented = await self._augment(frame)
+            if augmented is None:
                 return
+            result, frame = augmented
+            if result is not None:
+                await self.push_frame(result, direction)
         await self.push_frame(frame, direction)
 
     async def _retrieve(self, query: str, speculative: bool) -> Sequence[RetrievedChunk] | None:
@@ -286,11 +293,13 @@ class RAGContextProcessor(FrameProcessor):
         except Exception as exc:  # any retriever failure must leave the turn running
             return None, exc
 
-    async def _augment(self, frame: LLMContextFrame) -> LLMContextFrame | None:
+    async def _augment(
+        self, frame: LLMContextFrame
+    ) -> tuple[RetrievalResultFrame | None, LLMContextFrame] | None:
         messages = frame.context.get_messages()  # the live shared list: read only
         found = last_user_text(messages)
         if found is None:
-            return frame
+            return None, frame
         index, _ = found
         query = self._query_builder(messages, index)
         self.stats.turns += 1
@@ -312,4 +321,5 @@ class RAGContextProcessor(FrameProcessor):
             tools=context.tools,
             tool_choice=context.tool_choice,
         )
-        return LLMContextFrame(context=turn_context, speculation=frame.speculation)
+        result = RetrievalResultFrame(query=query, chunks=list(chunks or []))
+        return result, LLMContextFrame(context=turn_context, speculation=frame.speculation)
