@@ -64,6 +64,8 @@ class Settings(BaseSettings):
         retrieval_min_score: similarity floor (cosine, -1..1); a turn whose best chunk
             scores below it is answered as "the video doesn't cover this". Unset: the
             embedder's measured default (see :attr:`min_score`).
+        speculative_retrieval: start retrieving on interim transcriptions and reuse
+            the result when the final user turn matches.
         chunk_target_s / chunk_max_s: chunk window length, seconds of video.
         vad_stop_secs: silence, seconds, before Silero VAD reports the user stopped.
         vad_start_secs: speech, seconds, before Silero VAD reports the user started.
@@ -119,6 +121,7 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(default=4, ge=1, le=20)
     retrieval_timeout_s: float = Field(default=0.5, gt=0)
     retrieval_min_score: float | None = Field(default=None, ge=-1, le=1)
+    speculative_retrieval: bool = True
     chunk_target_s: float = Field(default=45.0, gt=0)
     chunk_max_s: float = Field(default=60.0, gt=0)
 

@@ -2,7 +2,7 @@
 
 ::
 
-    transport.input() → Deepgram STT → user aggregator (Silero VAD, turn strategies)
+    transport.input() → Deepgram STT → speculative retrieval tap → user aggregator (Silero VAD, turn strategies)
       → RAG context processor → OpenAI LLM → citation processor → Deepgram TTS
       → transport.output() → assistant aggregator
 
@@ -30,6 +30,7 @@ from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_stra
 from backtalk.config import Settings
 from backtalk.processors import RAGContextProcessor, Retriever
 from backtalk.processors.citations import CitationProcessor
+from backtalk.processors.speculative import SpeculativeRetrievalTap, SpeculativeRetriever
 
 __all__ = ["BotStages", "build_stages"]
 
@@ -107,8 +108,9 @@ def build_stages(
             user_turn_strategies=make_turn_strategies(settings),
         ),
     )
+    speculative = SpeculativeRetriever(retriever) if settings.speculative_retrieval else None
     rag = RAGContextProcessor(
-        retriever,
+        speculative or retriever,
         top_k=settings.retrieval_top_k,
         timeout_s=settings.retrieval_timeout_s,
         min_score=settings.min_score,
@@ -116,6 +118,11 @@ def build_stages(
     stages: list[tuple[str, FrameProcessor]] = [
         ("input", transport.input()),
         ("stt", make_stt(settings)),
+        *(
+            [("speculation", SpeculativeRetrievalTap(speculative, top_k=settings.retrieval_top_k))]
+            if speculative
+            else []
+        ),
         ("user", user),
         ("rag", rag),
         ("llm", make_llm(settings, system_instruction)),
