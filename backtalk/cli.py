@@ -190,14 +190,53 @@ def ingest(
     youtube_id: Annotated[
         str | None, typer.Option(help="The YouTube video a caption file belongs to (URL or id).")
     ] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Also add the videos to this collection.")
+    ] = None,
 ) -> None:
     """Add videos to the library (re-ingesting replaces a video's transcript)."""
     settings = _settings()
     with _user_errors():
         sources = _parse_sources(inputs, title=title, youtube_id=youtube_id)
-        report = _run_ingest(settings, _store(settings), sources, language, skip_present=False)
+        store = _store(settings)
+        report = _run_ingest(settings, store, sources, language, skip_present=False)
+        if collection:
+            done = [o.source.key for o in report.outcomes if o.status not in ("failed", "skipped")]
+            store.add_to_collection(collection, [v.id for v in _find(store, done)])
+            out.print(f"Collection {collection!r}: added {len(done)} video(s).", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def collections(
+    name: Annotated[str | None, typer.Argument(help="A collection to add videos to.")] = None,
+    videos: Annotated[
+        list[str] | None, typer.Argument(help="Videos (id as listed, or URL) to add to NAME.")
+    ] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete collection NAME (its videos stay).")
+    ] = False,
+) -> None:
+    """List collections, add videos to one, or delete one."""
+    settings = _settings()
+    with _user_errors():
+        store = _store(settings)
+        if name and delete:
+            if not store.remove_collection(name):
+                raise UsageError(f"There is no collection {name!r}.")
+            out.print(f"Deleted collection {name!r}.", highlight=False)
+            return
+        if name:
+            if not videos:
+                raise UsageError("Name the videos to add: backtalk collections NAME VIDEO...")
+            store.add_to_collection(name, [v.id for v in _find(store, videos)])
+        listing = store.collections()
+    if not listing:
+        out.print("No collections yet. Create one with `backtalk collections NAME VIDEO...`.")
+        return
+    for collection_name, keys in listing.items():
+        out.print(f"[bold]{collection_name}[/]: {', '.join(keys) or '(empty)'}", highlight=False)
 
 
 @app.command()
@@ -318,8 +357,14 @@ def eval_(
 @app.command()
 def talk(
     inputs: Annotated[
-        list[str], typer.Argument(help="YouTube URLs/ids or caption files to talk about.")
-    ],
+        list[str] | None, typer.Argument(help="YouTube URLs/ids or caption files to talk about.")
+    ] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Talk about every video in this collection.")
+    ] = None,
+    persona: Annotated[
+        str, typer.Option(help="How the bot talks: tutor, casual or analyst.")
+    ] = "tutor",
     transport: Annotated[
         Transport, typer.Option(help="webrtc: a local browser page; daily: a Daily room.")
     ] = Transport.webrtc,
@@ -335,17 +380,33 @@ def talk(
     """Talk with a video: ingest it if needed, then start the voice agent."""
     from backtalk.agent.bot import AgentResources, TalkSession
 
+    from backtalk.prompts import personas
+
     settings = _settings()
     with _user_errors():
         if room_url and transport is not Transport.daily:
             raise UsageError("--room-url needs --transport daily.")
+        if persona not in personas():
+            raise UsageError(f"--persona must be one of: {', '.join(personas())}.")
+        if not inputs and not collection:
+            raise UsageError("Give a YouTube URL or caption file, or --collection NAME.")
         settings.require_keys(talk=True, transport=transport.value, room_url=room_url)
-        sources = _parse_sources(inputs, title=None, youtube_id=None)
+        sources = _parse_sources(inputs or [], title=None, youtube_id=None)
         store = _store(settings)
         report = _run_ingest(settings, store, sources, language, skip_present=True)
         if not report.ok:
             raise typer.Exit(1)
-        session = TalkSession(videos=_find(store, [s.key for s in sources]))
+        keys = [s.key for s in sources]
+        if collection:
+            members = store.collections().get(collection)
+            if members is None:
+                raise UsageError(
+                    f"There is no collection {collection!r}; `backtalk collections` lists them."
+                )
+            keys += [k for k in members if k not in keys]
+        if not keys:
+            raise UsageError(f"Collection {collection!r} has no videos.")
+        session = TalkSession(videos=_find(store, keys), persona=persona)
         resources = AgentResources.open(settings, store)
         if transport is Transport.daily:
             from backtalk.agent.runner import run_daily

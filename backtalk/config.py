@@ -64,6 +64,8 @@ class Settings(BaseSettings):
         retrieval_min_score: similarity floor (cosine, -1..1); a turn whose best chunk
             scores below it is answered as "the video doesn't cover this". Unset: the
             embedder's measured default (see :attr:`min_score`).
+        retrieval_mode: ``BACKTALK_RETRIEVAL_MODE``; ``inject`` (excerpts added to every
+            turn, no extra round trip) or ``tool`` (the LLM calls ``search_video``).
         speculative_retrieval: start retrieving on interim transcriptions and reuse
             the result when the final user turn matches.
         chunk_target_s / chunk_max_s: chunk window length, seconds of video.
@@ -73,6 +75,8 @@ class Settings(BaseSettings):
         turn_stop_strategy: ``smart_turn`` (Pipecat's smart-turn v3 model behind VAD)
             or ``speech_timeout`` (a fixed silence after the last word).
         turn_speech_timeout_s: silence, seconds, for ``speech_timeout``.
+        interruption_min_words: words the user must say to interrupt the bot while it
+            speaks; 1 interrupts on any speech (VAD), 2+ lets backchannels through.
         smart_turn_stop_secs: the longest silence, seconds, smart-turn waits while it
             scores the turn unfinished.
     """
@@ -122,6 +126,7 @@ class Settings(BaseSettings):
     retrieval_timeout_s: float = Field(default=0.5, gt=0)
     retrieval_min_score: float | None = Field(default=None, ge=-1, le=1)
     speculative_retrieval: bool = True
+    retrieval_mode: Literal["inject", "tool"] = "inject"
     chunk_target_s: float = Field(default=45.0, gt=0)
     chunk_max_s: float = Field(default=60.0, gt=0)
 
@@ -129,6 +134,7 @@ class Settings(BaseSettings):
     vad_start_secs: float = Field(default=0.2, ge=0)
     vad_confidence: float = Field(default=0.7, gt=0, le=1)
     turn_stop_strategy: TurnStopStrategy = "smart_turn"
+    interruption_min_words: int = Field(default=2, ge=1, le=10)
     turn_speech_timeout_s: float = Field(default=0.6, ge=0)
     smart_turn_stop_secs: float = Field(default=3.0, gt=0)
 

@@ -251,3 +251,28 @@ def test_eval_reports_recall_and_mrr_per_kind(db_env):
 def test_eval_names_videos_missing_from_the_library(db_env):
     result = invoke("eval", str(TRANSCRIPTS / "qa.json"))
     assert result.exit_code == 2 and "gradient_descent_lecture" in result.output
+
+
+def test_collections_group_videos_for_a_conversation(db_env):
+    result = invoke("ingest", LECTURE_JSON, SOURDOUGH_VTT, "--collection", "weekend")
+    assert result.exit_code == 0 and "Collection 'weekend': added 2" in result.output
+    listing = invoke("collections")
+    assert "weekend: gradient_descent_lecture, sourdough_talk" in listing.output
+    assert invoke("collections", "baking", "sourdough_talk").exit_code == 0
+    assert "baking: sourdough_talk" in invoke("collections").output
+    missing = invoke("collections", "baking", "nope")
+    assert missing.exit_code == 2 and "not in the library" in missing.output
+    assert invoke("collections", "baking", "--delete").exit_code == 0
+    assert "baking" not in invoke("collections").output
+    assert counts(db_env)[0] == 2  # deleting a collection keeps its videos
+
+
+def test_talk_checks_persona_and_collection_before_anything_else(db_env, monkeypatch):
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    bad_persona = invoke("talk", LECTURE_JSON, "--persona", "pirate")
+    assert bad_persona.exit_code == 2 and "tutor" in bad_persona.output
+    no_collection = invoke("talk", "--collection", "nope")
+    assert no_collection.exit_code == 2 and "no collection 'nope'" in no_collection.output
+    nothing = invoke("talk")
+    assert nothing.exit_code == 2 and "--collection" in nothing.output

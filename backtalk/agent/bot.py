@@ -148,13 +148,13 @@ async def build_conversation(
     settings = resources.settings
     retriever = resources.retriever(session)
     await retriever.warm_up()
+    videos = [(v.title, v.duration_s) for v in session.videos]
+
+    def instruction_for(persona: str) -> str:
+        return system_instruction(videos, persona=persona, retrieval_mode=settings.retrieval_mode)
+
     stages = build_stages(
-        settings,
-        transport,
-        retriever,
-        system_instruction=system_instruction(
-            [(v.title, v.duration_s) for v in session.videos], persona=session.persona
-        ),
+        settings, transport, retriever, instruction_for=instruction_for, persona=session.persona
     )
     worker = PipelineWorker(
         stages.pipeline(),
@@ -213,8 +213,10 @@ async def run_conversation(
         await runner.run()
     finally:
         await conversation.recorder.finish()
-        stats = conversation.stages.rag.stats
-        logger.info(
-            f"Conversation {conversation.recorder.conversation_id} ended: {stats.turns} turns, "
-            f"{stats.timeouts} retrieval timeouts, {stats.failures} retrieval failures"
-        )
+        rag = conversation.stages.rag
+        if rag is not None:
+            stats = rag.stats
+            logger.info(
+                f"Conversation {conversation.recorder.conversation_id} ended: {stats.turns} "
+                f"turns, {stats.timeouts} retrieval timeouts, {stats.failures} failures"
+            )

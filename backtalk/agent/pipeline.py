@@ -12,8 +12,10 @@ Swapping a service or a VAD/turn parameter is a setting (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
@@ -26,10 +28,12 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import LLMService
 from pipecat.transports.base_transport import BaseTransport
 
+from backtalk.agent.personas import register_persona_tool
 from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
 from backtalk.config import Settings
 from backtalk.processors import RAGContextProcessor, Retriever
 from backtalk.processors.citations import CitationProcessor
+from backtalk.processors.search_tool import register_search_tool
 from backtalk.processors.speculative import SpeculativeRetrievalTap, SpeculativeRetriever
 
 __all__ = ["BotStages", "build_stages"]
@@ -62,9 +66,9 @@ class BotStages:
         return self["assistant"]  # type: ignore[return-value]
 
     @property
-    def rag(self) -> RAGContextProcessor:
-        """The RAG context processor."""
-        return self["rag"]  # type: ignore[return-value]
+    def rag(self) -> RAGContextProcessor | None:
+        """The RAG context processor (None in tool mode)."""
+        return dict(self.stages).get("rag")  # type: ignore[return-value]
 
     @property
     def citations(self) -> CitationProcessor:
@@ -86,21 +90,32 @@ def build_stages(
     transport: BaseTransport,
     retriever: Retriever,
     *,
-    system_instruction: str,
+    instruction_for: Callable[[str], str],
+    persona: str,
 ) -> BotStages:
     """Build the processors of one conversation.
 
     Args:
-        settings: Services, models, VAD and turn parameters.
+        settings: Services, models, VAD and turn parameters, retrieval mode.
         transport: Daily, SmallWebRTC, or any Pipecat transport.
-        retriever: What the RAG processor searches (usually a
+        retriever: What retrieval searches (usually a
             :class:`~backtalk.store.PgVectorRetriever` scoped to the session's videos).
-        system_instruction: Persona and grounding rules for the LLM.
+        instruction_for: Builds the LLM's system instruction (persona + grounding
+            rules) for a persona name.
+        persona: The persona to start with.
 
     Returns:
         The stages; ``.pipeline()`` assembles them.
     """
-    context = LLMContext()
+    llm = make_llm(settings, instruction_for(persona))
+    tools = [register_persona_tool(llm, instruction_for)]
+    if settings.retrieval_mode == "tool":
+        tools.append(
+            register_search_tool(
+                llm, retriever, top_k=settings.retrieval_top_k, min_score=settings.min_score
+            )
+        )
+    context = LLMContext(tools=ToolsSchema(standard_tools=tools))
     user, assistant = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
@@ -108,7 +123,10 @@ def build_stages(
             user_turn_strategies=make_turn_strategies(settings),
         ),
     )
-    speculative = SpeculativeRetriever(retriever) if settings.speculative_retrieval else None
+    inject = settings.retrieval_mode == "inject"
+    speculative = (
+        SpeculativeRetriever(retriever) if inject and settings.speculative_retrieval else None
+    )
     rag = RAGContextProcessor(
         speculative or retriever,
         top_k=settings.retrieval_top_k,
@@ -124,8 +142,8 @@ def build_stages(
             else []
         ),
         ("user", user),
-        ("rag", rag),
-        ("llm", make_llm(settings, system_instruction)),
+        *([("rag", rag)] if inject else []),
+        ("llm", llm),
         ("citations", CitationProcessor()),
         ("tts", make_tts(settings)),
         ("output", transport.output()),

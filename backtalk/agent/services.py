@@ -16,6 +16,7 @@ from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transcriptions.language import Language
 from pipecat.turns.user_start import (
+    MinWordsUserTurnStartStrategy,
     TranscriptionUserTurnStartStrategy,
     VADUserTurnStartStrategy,
 )
@@ -104,7 +105,12 @@ def make_vad(settings: Settings) -> SileroVADAnalyzer:
 def make_turn_strategies(settings: Settings) -> UserTurnStrategies:
     """When a user turn starts (barge-in) and when it ends.
 
-    Start: VAD speech or a transcription, both interrupting the bot.
+    Start: with ``interruption_min_words`` ≤ 1, VAD speech or a transcription, both
+    interrupting the bot at once. Above 1 (the default is 2), Pipecat's
+    ``MinWordsUserTurnStartStrategy``: while the bot speaks, the user's turn starts
+    only once the interim transcript has that many words, so a backchannel
+    ("mm-hm", "yeah") does not cut the bot off while "wait, stop" does; when the bot
+    is silent one word starts the turn.
     Stop: ``smart_turn`` — Pipecat's smart-turn v3 model scores the audio after VAD
     stops and ends the turn when it sounds finished, or after
     ``smart_turn_stop_secs`` of silence; ``speech_timeout`` — a fixed
@@ -118,6 +124,8 @@ def make_turn_strategies(settings: Settings) -> UserTurnStrategies:
                 params=SmartTurnParams(stop_secs=settings.smart_turn_stop_secs)
             )
         )
-    return UserTurnStrategies(
-        start=[VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()], stop=[stop]
-    )
+    if settings.interruption_min_words > 1:
+        start = [MinWordsUserTurnStartStrategy(min_words=settings.interruption_min_words)]
+    else:
+        start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
+    return UserTurnStrategies(start=start, stop=[stop])

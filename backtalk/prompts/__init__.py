@@ -41,14 +41,34 @@ def load_persona(name: str) -> str:
     return _read(name).strip()
 
 
+_RETRIEVAL_RULES = {
+    "inject": (
+        "Before each user message you receive transcript excerpts in a "
+        "<transcript_excerpts> block, each marked with its video id and start and end "
+        "time. Base your answer on them."
+    ),
+    "tool": (
+        "Call search_video to look up what the video says before answering anything "
+        "about its content (not needed for greetings or small talk). It returns "
+        "transcript excerpts in a <transcript_excerpts> block, each marked with its video "
+        "id and start and end time. Base your answer on them."
+    ),
+}
+
+
 def system_instruction(
-    videos: Sequence[tuple[str, float]], *, persona: str = DEFAULT_PERSONA
+    videos: Sequence[tuple[str, float]],
+    *,
+    persona: str = DEFAULT_PERSONA,
+    retrieval_mode: str = "inject",
 ) -> str:
     """The LLM's system instruction for a session.
 
     Args:
         videos: ``(title, duration_s)`` of each video in the session.
         persona: Persona name (see :func:`personas`).
+        retrieval_mode: ``inject`` (excerpts arrive with each turn) or ``tool``
+            (the model calls ``search_video``).
 
     Returns:
         Persona text followed by the grounding rules.
@@ -56,4 +76,9 @@ def system_instruction(
     listing = "\n".join(
         f'- "{title}" ({format_timestamp(duration)} long)' for title, duration in videos
     )
-    return load_persona(persona) + "\n\n" + _read("grounding").strip().format(videos=listing)
+    rules = _read("grounding").strip().format(
+        videos=listing,
+        retrieval_rule=_RETRIEVAL_RULES[retrieval_mode],
+        personas=", ".join(personas()),
+    )
+    return load_persona(persona) + "\n\n" + rules

@@ -27,7 +27,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Conversation", "Message", "StoreMeta", "Video", "VideoChunk"]
+__all__ = [
+    "Base",
+    "Collection",
+    "CollectionVideo",
+    "Conversation",
+    "Message",
+    "StoreMeta",
+    "Video",
+    "VideoChunk",
+]
 
 
 class Base(DeclarativeBase):
@@ -146,3 +155,28 @@ class Message(Base):
     )
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Collection(Base):
+    """A named group of videos (``backtalk talk --collection NAME``)."""
+
+    __tablename__ = "collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class CollectionVideo(Base):
+    """Membership of a video in a collection."""
+
+    __tablename__ = "collection_videos"
+
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    video_id: Mapped[int] = mapped_column(
+        ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True
+    )

@@ -19,7 +19,15 @@ from sqlalchemy.orm import Session
 
 from backtalk.errors import EmbedderMismatchError, StoreError
 from backtalk.processors.retrieval import RetrievedChunk
-from backtalk.store.models import Conversation, Message, StoreMeta, Video, VideoChunk
+from backtalk.store.models import (
+    Collection,
+    CollectionVideo,
+    Conversation,
+    Message,
+    StoreMeta,
+    Video,
+    VideoChunk,
+)
 
 __all__ = ["ChunkRow", "Store", "VideoInfo", "VideoRow", "search_statement"]
 
@@ -315,6 +323,45 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(search_statement(query_embedding, k=k, video_ids=video_ids)).all()
         return rows_to_chunks(rows)
+
+    # -- collections -----------------------------------------------------------------
+
+    def add_to_collection(self, name: str, video_ids: Sequence[int]) -> None:
+        """Create collection ``name`` if needed and add videos to it (idempotent)."""
+        with self.engine.begin() as conn:
+            collection_id = conn.execute(
+                pg_insert(Collection)
+                .values(name=name)
+                .on_conflict_do_update(index_elements=[Collection.name], set_={"name": name})
+                .returning(Collection.id)
+            ).scalar_one()
+            if video_ids:
+                conn.execute(
+                    pg_insert(CollectionVideo)
+                    .values([{"collection_id": collection_id, "video_id": v} for v in video_ids])
+                    .on_conflict_do_nothing()
+                )
+
+    def collections(self) -> dict[str, list[str]]:
+        """``{collection name: [video keys]}``, by name."""
+        stmt = (
+            select(Collection.name, Video.key)
+            .outerjoin(CollectionVideo, CollectionVideo.collection_id == Collection.id)
+            .outerjoin(Video, Video.id == CollectionVideo.video_id)
+            .order_by(Collection.name, Video.id)
+        )
+        result: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for name, key in conn.execute(stmt):
+                result.setdefault(name, [])
+                if key is not None:
+                    result[name].append(key)
+        return result
+
+    def remove_collection(self, name: str) -> bool:
+        """Delete a collection (its videos stay in the library)."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(Collection).where(Collection.name == name)).rowcount > 0
 
     # -- conversations ---------------------------------------------------------------
 
