@@ -3,7 +3,8 @@
 ::
 
     transport.input() → Deepgram STT → speculative retrieval tap → user aggregator (Silero VAD, turn strategies)
-      → RAG context processor → OpenAI LLM → citation processor → Deepgram TTS
+      → RAG context processor → OpenAI LLM → prompt-leak guard → citation processor
+      → Deepgram TTS
       → transport.output() → assistant aggregator
 
 Swapping a service or a VAD/turn parameter is a setting (see
@@ -31,8 +32,10 @@ from pipecat.transports.base_transport import BaseTransport
 from backtalk.agent.personas import register_persona_tool
 from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
 from backtalk.config import Settings
+from backtalk.prompts import protected_texts
 from backtalk.processors import RAGContextProcessor, Retriever
 from backtalk.processors.citations import CitationProcessor
+from backtalk.processors.guard import PromptLeakGuard
 from backtalk.processors.search_tool import register_search_tool
 from backtalk.processors.speculative import SpeculativeRetrievalTap, SpeculativeRetriever
 
@@ -144,6 +147,7 @@ def build_stages(
         ("user", user),
         *([("rag", rag)] if inject else []),
         ("llm", llm),
+        ("guard", PromptLeakGuard(protected_texts())),
         ("citations", CitationProcessor()),
         ("tts", make_tts(settings)),
         ("output", transport.output()),

@@ -11,7 +11,13 @@ from importlib import resources
 
 from backtalk.processors.retrieval import format_timestamp
 
-__all__ = ["DEFAULT_PERSONA", "load_persona", "personas", "system_instruction"]
+__all__ = [
+    "DEFAULT_PERSONA",
+    "load_persona",
+    "personas",
+    "protected_texts",
+    "system_instruction",
+]
 
 DEFAULT_PERSONA = "tutor"
 _NOT_PERSONAS = {"grounding"}
@@ -82,3 +88,11 @@ def system_instruction(
         personas=", ".join(personas()),
     )
     return load_persona(persona) + "\n\n" + rules
+
+
+def protected_texts() -> list[str]:
+    """Every prompt text the bot must never read out: personas, grounding rules."""
+    return [load_persona(name) for name in personas()] + [
+        _read("grounding"),
+        *_RETRIEVAL_RULES.values(),
+    ]
