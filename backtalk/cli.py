@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -33,7 +33,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="backtalk",
-    help="Talk out loud with a YouTube video: ingest transcripts, search them, start a voice agent.",
+    help="Talk out loud with a YouTube video: ingest, search, and start a voice agent.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -42,7 +42,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-class Transport(str, Enum):
+class Transport(StrEnum):
     """Where the conversation happens."""
 
     webrtc = "webrtc"
@@ -75,7 +75,9 @@ def _settings() -> Settings:
         lines = []
         for e in exc.errors():
             name = str(e["loc"][0]) if e["loc"] else "?"
-            lines.append(f"  {name.upper() if name.isupper() else 'BACKTALK_' + name.upper()}: {e['msg']}")
+            lines.append(
+                f"  {name.upper() if name.isupper() else 'BACKTALK_' + name.upper()}: {e['msg']}"
+            )
         _fail("invalid settings:\n" + "\n".join(lines), 2)
 
 
@@ -91,7 +93,9 @@ def _store(settings: Settings) -> Store:
 def _embedder(settings: Settings):
     return make_embedder(
         settings.embedder,
-        openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        openai_api_key=settings.openai_api_key.get_secret_value()
+        if settings.openai_api_key
+        else None,
         openai_base_url=settings.openai_base_url,
         openai_model=settings.openai_embedding_model,
     )
@@ -167,7 +171,11 @@ def _run_ingest(
         name = outcome.source.key
         if outcome.status in ("failed", "skipped"):
             prefix = "skipped" if outcome.status == "skipped" else "failed"
-            detail = str(outcome.error) if outcome.status == "failed" else "YouTube is blocking requests; not tried."
+            detail = (
+                str(outcome.error)
+                if outcome.status == "failed"
+                else "YouTube is blocking requests; not tried."
+            )
             err.print(f"[red]✗ {name}[/] {prefix}: {detail}", highlight=False)
         elif outcome.status != "present":
             out.print(
@@ -323,7 +331,9 @@ def search(
 def eval_(
     qa_files: Annotated[
         list[Path],
-        typer.Argument(help="QA files (JSON list of {video, question, answer_start, answer_end, kind})."),
+        typer.Argument(
+            help="QA files (JSON list of {video, question, answer_start, answer_end, kind})."
+        ),
     ],
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="Chunks retrieved per question.")] = 5,
     query_turns: Annotated[
@@ -376,13 +386,17 @@ def talk(
     language: Annotated[
         list[str] | None, typer.Option("--language", "-l", help="Caption language (repeat).")
     ] = None,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="Print each turn's latency breakdown.")
+    ] = False,
 ) -> None:
     """Talk with a video: ingest it if needed, then start the voice agent."""
     from backtalk.agent.bot import AgentResources, TalkSession
-
     from backtalk.prompts import personas
 
     settings = _settings()
+    if latency:
+        settings = settings.model_copy(update={"print_latency": True})
     with _user_errors():
         if room_url and transport is not Transport.daily:
             raise UsageError("--room-url needs --transport daily.")

@@ -10,8 +10,8 @@ passed down; library classes take plain arguments.
 
 from __future__ import annotations
 
-from pathlib import Path
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
@@ -46,6 +46,8 @@ class Settings(BaseSettings):
             Unset: Deepgram.
         log_level: ``BACKTALK_LOG_LEVEL``; the agent's log level. ``DEBUG`` logs
             prompts and transcripts; keep ``INFO`` in production.
+        print_latency: ``BACKTALK_PRINT_LATENCY`` (or ``talk --latency``); print each
+            turn's latency breakdown. It is always sent to the client over RTVI.
         llm_model: ``BACKTALK_LLM_MODEL``; the chat model.
         llm_max_tokens: ``BACKTALK_LLM_MAX_TOKENS``; cap on one spoken answer, tokens.
         openai_embedding_model: ``BACKTALK_OPENAI_EMBEDDING_MODEL``.
@@ -110,6 +112,7 @@ class Settings(BaseSettings):
     deepgram_base_url: str | None = None
 
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    print_latency: bool = False
     llm_model: str = "gpt-4o-mini"
     llm_max_tokens: int = 400
     openai_embedding_model: str = "text-embedding-3-small"
@@ -163,8 +166,9 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    def require_keys(self, *, talk: bool = False, transport: str = "webrtc",
-                     room_url: str | None = None) -> None:
+    def require_keys(
+        self, *, talk: bool = False, transport: str = "webrtc", room_url: str | None = None
+    ) -> None:
         """Check that every key the requested action needs is set, before anything starts.
 
         Args:

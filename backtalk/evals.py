@@ -169,9 +169,7 @@ def evaluate(
             continue
         rank = next((i for i, chunk in enumerate(hits, 1) if case.is_hit(chunk)), None)
         per_kind[case.kind].append((rank is not None, 1.0 / rank if rank else 0.0, above))
-    answerable = [
-        row for kind, rows in per_kind.items() if kind != "off_topic" for row in rows
-    ]
+    answerable = [row for kind, rows in per_kind.items() if kind != "off_topic" for row in rows]
     for kind, rows in [*sorted(per_kind.items()), ("all", answerable)]:
         if not rows:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -9,10 +10,12 @@ from loguru import logger
 from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backtalk.agent.latency import TurnLatency, TurnLatencyReporter, format_turn_latency
 from backtalk.agent.pipeline import BotStages, build_stages
 from backtalk.agent.recorder import ConversationRecorder
 from backtalk.config import Settings
@@ -103,9 +106,7 @@ class AgentResources:
             openai_model=settings.openai_embedding_model,
         )
         store.check_embedder(embedder.model, embedder.dimensions)
-        engine = make_async_engine(
-            store.engine.url, pool_timeout_s=settings.retrieval_timeout_s
-        )
+        engine = make_async_engine(store.engine.url, pool_timeout_s=settings.retrieval_timeout_s)
         return cls(settings=settings, store=store, engine=engine, embedder=embedder)
 
     def retriever(self, session: TalkSession) -> PgVectorRetriever:
@@ -132,6 +133,7 @@ class Conversation:
     stages: BotStages
     worker: PipelineWorker
     recorder: ConversationRecorder
+    latency: TurnLatencyReporter
     observers: list[BaseObserver] = field(default_factory=list)
 
 
@@ -156,10 +158,20 @@ async def build_conversation(
     stages = build_stages(
         settings, transport, retriever, instruction_for=instruction_for, persona=session.persona
     )
+    worker: PipelineWorker | None = None
+
+    async def on_turn(latency: TurnLatency) -> None:
+        # Always to the client (RTVI); to the console when asked (--latency).
+        if settings.print_latency:
+            print(format_turn_latency(latency), file=sys.stderr, flush=True)
+        if worker is not None:
+            await worker.queue_frame(RTVIServerMessageFrame(data=latency.message()))
+
+    latency = TurnLatencyReporter(on_turn)
     worker = PipelineWorker(
         stages.pipeline(),
         params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
-        observers=list(observers),
+        observers=[*latency.observers, *observers],
         idle_timeout_secs=idle_timeout_secs,
     )
     recorder = ConversationRecorder(resources.engine)
@@ -179,7 +191,13 @@ async def build_conversation(
         logger.info("Client disconnected; ending the conversation")
         await worker.cancel()
 
-    return Conversation(stages=stages, worker=worker, recorder=recorder, observers=list(observers))
+    return Conversation(
+        stages=stages,
+        worker=worker,
+        recorder=recorder,
+        latency=latency,
+        observers=list(observers),
+    )
 
 
 async def run_conversation(
@@ -205,7 +223,11 @@ async def run_conversation(
         observers: Extra Pipecat observers (metrics, latency).
     """
     conversation = await build_conversation(
-        transport, session, resources, transport_name=transport_name, observers=observers
+        transport,
+        session,
+        resources,
+        transport_name=transport_name,
+        observers=observers,
     )
     runner = WorkerRunner(handle_sigint=handle_sigint)
     try:

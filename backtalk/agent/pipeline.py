@@ -2,7 +2,8 @@
 
 ::
 
-    transport.input() → Deepgram STT → speculative retrieval tap → user aggregator (Silero VAD, turn strategies)
+    transport.input() → Deepgram STT → speculative retrieval tap
+      → user aggregator (Silero VAD, turn strategies)
       → RAG context processor → OpenAI LLM → prompt-leak guard → citation processor
       → Deepgram TTS
       → transport.output() → assistant aggregator
@@ -32,12 +33,12 @@ from pipecat.transports.base_transport import BaseTransport
 from backtalk.agent.personas import register_persona_tool
 from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
 from backtalk.config import Settings
-from backtalk.prompts import protected_texts
 from backtalk.processors import RAGContextProcessor, Retriever
 from backtalk.processors.citations import CitationProcessor
 from backtalk.processors.guard import PromptLeakGuard
 from backtalk.processors.search_tool import register_search_tool
 from backtalk.processors.speculative import SpeculativeRetrievalTap, SpeculativeRetriever
+from backtalk.prompts import protected_texts
 
 __all__ = ["BotStages", "build_stages"]
 

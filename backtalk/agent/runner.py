@@ -31,6 +31,7 @@ def make_bot(resources: AgentResources, session: TalkSession):
     Returns:
         ``async def bot(runner_args: RunnerArguments) -> None``.
     """
+    from pipecat.evals.transport import EvalTransportParams
     from pipecat.runner.utils import create_transport
     from pipecat.transports.daily.transport import DailyParams
 
@@ -41,9 +42,11 @@ def make_bot(resources: AgentResources, session: TalkSession):
             {
                 "daily": lambda: DailyParams(audio_in_enabled=True, audio_out_enabled=True),
                 "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+                # Pipecat's eval harness (`pipecat eval run ... --bot-url ws://HOST:PORT/ws`).
+                "eval": lambda: EvalTransportParams(audio_in_enabled=True, audio_out_enabled=True),
             },
         )
-        name = "daily" if type(transport).__name__.startswith("Daily") else "webrtc"
+        name = type(transport).__name__.removesuffix("Transport").lower()
         await run_conversation(
             transport,
             session,
@@ -55,9 +58,7 @@ def make_bot(resources: AgentResources, session: TalkSession):
     return bot
 
 
-def serve_webrtc(
-    resources: AgentResources, session: TalkSession, *, host: str, port: int
-) -> None:
+def serve_webrtc(resources: AgentResources, session: TalkSession, *, host: str, port: int) -> None:
     """Serve the agent on a local page with Pipecat's development runner (SmallWebRTC).
 
     The runner prints the URL to open (``http://HOST:PORT/client``); each browser
@@ -109,5 +110,7 @@ async def run_daily(
         "Backtalk",
         DailyParams(audio_in_enabled=True, audio_out_enabled=True),
     )
-    await run_conversation(transport, session, resources, transport_name="daily", handle_sigint=True)
+    await run_conversation(
+        transport, session, resources, transport_name="daily", handle_sigint=True
+    )
     return room_url

@@ -80,8 +80,10 @@ def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
 
 
 def make_tts(settings: Settings) -> DeepgramTTSService:
-    """Deepgram Aura streaming TTS (``/v1/speak`` websocket); citation tags are
-    removed from the text before it is spoken."""
+    """Deepgram Aura streaming TTS (``/v1/speak`` websocket), without citation tags.
+
+    Citation tags are removed from the text before it is spoken.
+    """
     kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
     return DeepgramTTSService(
         api_key=_secret(settings.deepgram_api_key),

@@ -144,7 +144,8 @@ def ingest_sources(
         embedder: Must match the store's embedding model.
         languages: Preferred YouTube caption languages, in order.
         proxy: YouTube proxy settings.
-        chunk_target_s / chunk_max_s: Chunk window, seconds.
+        chunk_target_s: Preferred chunk length, seconds.
+        chunk_max_s: Longest chunk, seconds.
         skip_present: Leave videos already in the library as they are, without
             fetching (``backtalk talk`` uses this).
         progress: Called as work advances.

@@ -148,9 +148,7 @@ def _slug(stem: str) -> str:
     return slug[:64] or "captions"
 
 
-def parse_source(
-    value: str, *, title: str | None = None, youtube_id: str | None = None
-) -> Source:
+def parse_source(value: str, *, title: str | None = None, youtube_id: str | None = None) -> Source:
     """Classify one input: a caption file if it names one, else a YouTube video.
 
     Args:

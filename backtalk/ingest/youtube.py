@@ -35,8 +35,7 @@ logger = logging.getLogger("backtalk.ingest")
 
 OEMBED_URL = "https://www.youtube.com/oembed"
 _CAPTION_FILE_REMEDY = (
-    "You can still ingest the captions from a file: `backtalk ingest captions.vtt "
-    "--youtube-id ID`."
+    "You can still ingest the captions from a file: `backtalk ingest captions.vtt --youtube-id ID`."
 )
 
 
@@ -108,8 +107,7 @@ def _unavailable(
         return TranscriptUnavailableError(
             video_id,
             f"No transcript in {', '.join(languages)}.{listing}",
-            "Ask for another language with --language CODE "
-            "(or BACKTALK_TRANSCRIPT_LANGUAGES).",
+            "Ask for another language with --language CODE (or BACKTALK_TRANSCRIPT_LANGUAGES).",
         )
     if isinstance(exc, AgeRestricted):
         return TranscriptUnavailableError(
@@ -162,7 +160,9 @@ def _oembed(video_id: str, session: requests.Session) -> tuple[str, str | None]:
         data = response.json()
         return str(data.get("title") or f"YouTube video {video_id}"), data.get("author_name")
     except (requests.RequestException, ValueError) as exc:
-        logger.info("No oEmbed title for %s (%s); using a placeholder", video_id, type(exc).__name__)
+        logger.info(
+            "No oEmbed title for %s (%s); using a placeholder", video_id, type(exc).__name__
+        )
         return f"YouTube video {video_id}", None
 
 

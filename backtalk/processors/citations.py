@@ -59,8 +59,10 @@ strip_citations = replace_text([(r"[ \t]*" + CITATION_PATTERN.pattern, "")])
 
 @dataclass
 class RetrievalResultFrame(DataFrame):
-    """What the RAG processor retrieved for a turn, sent downstream ahead of the
-    turn's context, so later processors (citations, a UI) can use it.
+    """What the RAG processor retrieved for a turn.
+
+    Sent downstream ahead of the turn's context, so later processors (citations, a
+    UI) can use it.
 
     Parameters:
         query: The retrieval query.

@@ -244,8 +244,11 @@ class RAGContextProcessor(FrameProcessor):
         await self.push_frame(frame, direction)
 
     async def _retrieve(self, query: str, speculative: bool) -> Sequence[RetrievedChunk] | None:
-        """Chunks for ``query``; None on timeout/failure; ``_WITHDRAWN`` when a
-        withdrawn eager turn cancelled it."""
+        """Chunks for ``query``; None on timeout/failure; ``_WITHDRAWN`` if withdrawn.
+
+        ``_WITHDRAWN`` means an ``EagerEndOfTurnCancelFrame`` cancelled a speculative
+        retrieval.
+        """
         await self.start_processing_metrics()
         # Pipecat's task manager logs and swallows exceptions, so the outcome is
         # captured inside the task.
@@ -262,7 +265,9 @@ class RAGContextProcessor(FrameProcessor):
             await self.stop_processing_metrics()
         if not done:
             self.stats.timeouts += 1
-            logger.warning(f"{self}: retrieval exceeded {self._timeout_s:.2f}s; answering without it")
+            logger.warning(
+                f"{self}: retrieval exceeded {self._timeout_s:.2f}s; answering without it"
+            )
             await self.push_error(
                 f"Retrieval exceeded its {self._timeout_s:.2f}s budget",
                 category=ErrorCategory.CONNECTIVITY,
@@ -275,7 +280,9 @@ class RAGContextProcessor(FrameProcessor):
         chunks, error = task.result()
         if error is not None:
             self.stats.failures += 1
-            logger.warning(f"{self}: retrieval failed ({type(error).__name__}); answering without it")
+            logger.warning(
+                f"{self}: retrieval failed ({type(error).__name__}); answering without it"
+            )
             await self.push_error(
                 f"Retrieval failed: {type(error).__name__}",
                 exception=error,

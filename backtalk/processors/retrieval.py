@@ -1,7 +1,7 @@
 """The retriever protocol the RAG processor depends on, and its result record.
 
 Any object with an ``async retrieve(query, *, k)`` method returning
-:class:`RetrievedChunk`\\ s can feed :class:`~backtalk.processors.RAGContextProcessor`;
+:class:`RetrievedChunk` records can feed :class:`~backtalk.processors.RAGContextProcessor`;
 Backtalk's own is :class:`backtalk.store.PgVectorRetriever`.
 """
 

@@ -65,9 +65,7 @@ def register_search_tool(
         if chunks is not None and min_score is not None:
             chunks = [c for c in chunks if c.score >= min_score]
         await params.llm.push_frame(RetrievalResultFrame(query=query, chunks=list(chunks or [])))
-        await params.result_callback(
-            {"excerpts": render_retrieval_message(chunks)["content"]}
-        )
+        await params.result_callback({"excerpts": render_retrieval_message(chunks)["content"]})
 
     llm.register_function(SEARCH_TOOL_NAME, search_video, timeout_secs=timeout_s)
     return FunctionSchema(

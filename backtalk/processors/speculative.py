@@ -132,7 +132,9 @@ class SpeculativeRetrievalTap(FrameProcessor):
         **kwargs: Passed to :class:`FrameProcessor`.
     """
 
-    def __init__(self, retriever: SpeculativeRetriever, *, top_k: int = 4, min_words: int = 3, **kwargs):
+    def __init__(
+        self, retriever: SpeculativeRetriever, *, top_k: int = 4, min_words: int = 3, **kwargs
+    ):
         super().__init__(**kwargs)
         self._retriever = retriever
         self._top_k = top_k

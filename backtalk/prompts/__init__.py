@@ -82,10 +82,14 @@ def system_instruction(
     listing = "\n".join(
         f'- "{title}" ({format_timestamp(duration)} long)' for title, duration in videos
     )
-    rules = _read("grounding").strip().format(
-        videos=listing,
-        retrieval_rule=_RETRIEVAL_RULES[retrieval_mode],
-        personas=", ".join(personas()),
+    rules = (
+        _read("grounding")
+        .strip()
+        .format(
+            videos=listing,
+            retrieval_rule=_RETRIEVAL_RULES[retrieval_mode],
+            personas=", ".join(personas()),
+        )
     )
     return load_persona(persona) + "\n\n" + rules
 

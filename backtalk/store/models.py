@@ -44,7 +44,7 @@ class Base(DeclarativeBase):
 
 
 class StoreMeta(Base):
-    """One row per store-wide fact, e.g. ``embedding_model`` = ``local:wordllama-l2_supercat-256``."""
+    """One row per store-wide fact, e.g. ``embedding_model``."""
 
     __tablename__ = "store_meta"
 
@@ -123,9 +123,7 @@ class Conversation(Base):
     video_keys: Mapped[str] = mapped_column(Text)
     transport: Mapped[str | None] = mapped_column(String(32))
     persona: Mapped[str | None] = mapped_column(String(64))
-    started_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     messages: Mapped[list[Message]] = relationship(
@@ -150,9 +148,7 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     interrupted: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
@@ -164,9 +160,7 @@ class Collection(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class CollectionVideo(Base):

@@ -416,7 +416,5 @@ def message_insert(conversation_id: int, role: str, content: str, interrupted: b
 def conversation_end(conversation_id: int):
     """The UPDATE that marks a conversation ended now."""
     return (
-        update(Conversation)
-        .where(Conversation.id == conversation_id)
-        .values(ended_at=func.now())
+        update(Conversation).where(Conversation.id == conversation_id).values(ended_at=func.now())
     )

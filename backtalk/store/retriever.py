@@ -52,15 +52,16 @@ class PgVectorRetriever:
         """
         vector = (await self._embedder.aembed([query]))[0]
         async with self._engine.connect() as conn:
-            result = await conn.execute(
-                search_statement(vector, k=k, video_ids=self._video_ids)
-            )
+            result = await conn.execute(search_statement(vector, k=k, video_ids=self._video_ids))
             rows = result.all()
         return rows_to_chunks(rows)
 
     async def warm_up(self) -> None:
-        """Open a pooled connection and run one search, so the first turn pays no
-        connection set-up (about 5-20 ms on the embedded server)."""
+        """Open a pooled connection and run one search before the first turn.
+
+        The first turn then pays no connection set-up (about 5-20 ms on the embedded
+        server).
+        """
         await self.retrieve("warm up", k=1)
 
     async def close(self) -> None:

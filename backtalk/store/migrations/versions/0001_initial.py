@@ -36,7 +36,9 @@ def upgrade() -> None:
         sa.Column("transcript_hash", sa.String(64), nullable=False),
         sa.Column("embedding_model", sa.Text, nullable=False),
         sa.Column(
-            "ingested_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
+            "ingested_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.now(),
             nullable=False,
         ),
     )
@@ -44,8 +46,11 @@ def upgrade() -> None:
         "video_chunks",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column(
-            "video_id", sa.Integer, sa.ForeignKey("videos.id", ondelete="CASCADE"),
-            nullable=False, index=True,
+            "video_id",
+            sa.Integer,
+            sa.ForeignKey("videos.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
         ),
         sa.Column("ordinal", sa.Integer, nullable=False),
         sa.Column("text", sa.Text, nullable=False),
@@ -62,7 +67,9 @@ def upgrade() -> None:
         sa.Column("transport", sa.String(32), nullable=True),
         sa.Column("persona", sa.String(64), nullable=True),
         sa.Column(
-            "started_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
+            "started_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
@@ -71,14 +78,19 @@ def upgrade() -> None:
         "messages",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column(
-            "conversation_id", sa.Integer,
-            sa.ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False, index=True,
+            "conversation_id",
+            sa.Integer,
+            sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
         ),
         sa.Column("role", sa.String(16), nullable=False),
         sa.Column("content", sa.Text, nullable=False),
         sa.Column("interrupted", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.now(),
             nullable=False,
         ),
     )

@@ -20,18 +20,24 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("name", sa.String(128), nullable=False, unique=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.now(),
             nullable=False,
         ),
     )
     op.create_table(
         "collection_videos",
         sa.Column(
-            "collection_id", sa.Integer,
-            sa.ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True,
+            "collection_id",
+            sa.Integer,
+            sa.ForeignKey("collections.id", ondelete="CASCADE"),
+            primary_key=True,
         ),
         sa.Column(
-            "video_id", sa.Integer, sa.ForeignKey("videos.id", ondelete="CASCADE"),
+            "video_id",
+            sa.Integer,
+            sa.ForeignKey("videos.id", ondelete="CASCADE"),
             primary_key=True,
         ),
     )
