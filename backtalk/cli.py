@@ -405,6 +405,10 @@ def talk(
         if not inputs and not collection:
             raise UsageError("Give a YouTube URL or caption file, or --collection NAME.")
         settings.require_keys(talk=True, transport=transport.value, room_url=room_url)
+        if transport is Transport.webrtc:
+            from backtalk.agent.runner import check_port_free
+
+            check_port_free(host, port)
         sources = _parse_sources(inputs or [], title=None, youtube_id=None)
         store = _store(settings)
         report = _run_ingest(settings, store, sources, language, skip_present=True)

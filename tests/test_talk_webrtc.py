@@ -25,11 +25,13 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
-
 from conftest import AUDIO, TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
 from webrtc_client import Microphone, SmallWebRTCClient, load_wav
+
+from backtalk.store import Store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -51,14 +53,28 @@ GREETING_TIMEOUT_S = 15.0
 ANSWER_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 20.0
 
-_EXCERPT = re.compile(r'<excerpt [^>]*start_seconds="(\d+)" end_seconds="(\d+)">\n(.*?)\n</excerpt>',
-                      re.S)
+#: RTVI events the bot sends during a turn, reported relative to the end of speech.
+TIMELINE_EVENTS = (
+    "user-started-speaking",
+    "user-stopped-speaking",
+    "bot-llm-started",
+    "bot-tts-started",
+    "bot-started-speaking",
+)
+
+_EXCERPT = re.compile(
+    r'<excerpt [^>]*start_seconds="(\d+)" end_seconds="(\d+)">\n(.*?)\n</excerpt>', re.S
+)
 
 
-async def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-                     proc: subprocess.Popen | None = None) -> object:
-    """Poll ``predicate`` every 50 ms; fail after ``timeout`` s, or if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
+async def wait_until(
+    predicate: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+) -> object:
+    """Poll ``predicate`` every 50 ms; fail after ``timeout_s``, or if ``proc`` exits."""
+    deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
@@ -66,7 +82,7 @@ async def wait_until(predicate: Callable[[], object], timeout: float, what: str,
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"backtalk exited ({proc.returncode}) while waiting for {what}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -91,6 +107,18 @@ class Output:
         self._thread.join(timeout)
 
 
+def wav_speech_end_s(pcm: bytes, sample_rate: int = 16000, rms: float = 500.0) -> float:
+    """End, seconds, of the last 20 ms window of ``pcm`` louder than ``rms``."""
+    window = sample_rate // 50
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    loud = [
+        i
+        for i in range(0, len(samples) - window + 1, window)
+        if np.sqrt(np.mean(samples[i : i + window] ** 2)) > rms
+    ]
+    return (loud[-1] + window) / sample_rate
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,6 +135,20 @@ def http_status(url: str) -> int | None:
         return None
 
 
+def redirect_target(url: str) -> str | None:
+    """The ``Location`` a GET of ``url`` redirects to (None: no redirect)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        urllib.request.build_opener(NoRedirect).open(url, timeout=5)
+    except urllib.error.HTTPError as e:
+        return e.headers.get("Location")
+    return None
+
+
 def process_group(pgid: int) -> list[tuple[int, str]]:
     """(pid, command) of every live process in process group ``pgid`` (Linux /proc)."""
     found = []
@@ -117,7 +159,8 @@ def process_group(pgid: int) -> list[tuple[int, str]]:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((int(entry.name), command.strip()))
         except (OSError, ValueError):
             continue
     return found
@@ -146,8 +189,21 @@ def fake_deepgram():
         yield fake
 
 
+def conversations_ended(log: str) -> int:
+    """How many conversations the agent's log says have ended."""
+    return len(re.findall(r"Conversation \d+ ended", log))
+
+
+def greetings(fake_deepgram: FakeDeepgram) -> int:
+    return sum(LECTURE_TITLE in t for t in fake_deepgram.spoken_texts)
+
+
 async def test_talk_answers_a_spoken_question_over_webrtc(
-    database_url: str, tmp_path: Path, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram
+    database_url: str,
+    store: Store,
+    tmp_path: Path,
+    fake_openai: FakeOpenAI,
+    fake_deepgram: FakeDeepgram,
 ):
     fake_deepgram.queue_transcript(Q1_TEXT)
     port = free_port()
@@ -165,17 +221,20 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
         OPENAI_BASE_URL=fake_openai.base_url,
         BACKTALK_DEEPGRAM_BASE_URL=fake_deepgram.base_url,
         BACKTALK_DATA_DIR=str(tmp_path / "data"),
-        # stdout is a pipe here: without this, the runner's print()s (the URL to
-        # open) stay in the block buffer until the process exits.
-        PYTHONUNBUFFERED="1",
     )
     cmd = [sys.executable, "-m", "backtalk.cli", "talk", str(LECTURE), "--port", str(port)]
-    base = f"http://localhost:{port}"
 
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+    proc = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block; reads are threads)
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
         start_new_session=True,  # its own process group: orphans are findable, killable
     )
     out, err = Output(proc.stdout), Output(proc.stderr)
@@ -183,15 +242,29 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
     timings: dict[str, float] = {}
     try:
         # -- 1. it ingests, prints where to go, and serves the page -----------------------
-        await wait_until(lambda: f"{LECTURE_TITLE} (" in out.text, STARTUP_TIMEOUT_S,
-                         "the ingest report", proc)
+        await wait_until(
+            lambda: f"{LECTURE_TITLE} (" in out.text, STARTUP_TIMEOUT_S, "the ingest report", proc
+        )
         timings["ingested"] = time.monotonic() - t0
-        await wait_until(lambda: f"Open: http://localhost:{port}" in out.text, STARTUP_TIMEOUT_S,
-                         "the runner's URL", proc)
-        await wait_until(lambda: http_status(f"{base}/client/") == 200, STARTUP_TIMEOUT_S,
-                         "GET /client/ == 200", proc)
+        url = await wait_until(
+            lambda: re.search(r"Open: (http://\S+)", out.text),
+            STARTUP_TIMEOUT_S,
+            "the URL to open",
+            proc,
+        )
+        base = url.group(1).rstrip("/")
+        assert base == f"http://localhost:{port}", base
+        # The printed URL is the server's root, which redirects to the page.
+        await wait_until(
+            lambda: http_status(f"{base}/client/") == 200,
+            STARTUP_TIMEOUT_S,
+            "GET /client/ == 200",
+            proc,
+        )
         timings["startup"] = time.monotonic() - t0
-        assert re.search(r"✓ \S+ added: Gradient descent lecture \(\d+ chunks\)", out.text), out.text
+        assert redirect_target(f"{base}/") == "/client/"
+        ingested = re.search(r"✓ \S+ added: Gradient descent lecture \(\d+ chunks\)", out.text)
+        assert ingested, out.text
 
         # -- 2. a WebRTC client joins, as the prebuilt page does --------------------------
         mic = Microphone()
@@ -204,30 +277,63 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
 
         # -- 3. the bot greets, naming the video ------------------------------------------
         speaker = client.loudspeaker
-        greeted_at = await wait_until(lambda: speaker.first_audible_at(connect_started),
-                                      GREETING_TIMEOUT_S, "the greeting's audio", proc)
-        timings["greeting"] = greeted_at - connect_started
-        assert any(LECTURE_TITLE in t for t in fake_deepgram.spoken_texts), (
-            fake_deepgram.spoken_texts
+        greeted_at = await wait_until(
+            lambda: speaker.first_audible_at(connect_started),
+            GREETING_TIMEOUT_S,
+            "the greeting's audio",
+            proc,
         )
+        timings["greeting"] = greeted_at - connect_started
+        assert greetings(fake_deepgram) >= 1, fake_deepgram.spoken_texts
+        # The data channel works both ways: client-ready was answered.
         await wait_until(lambda: client.rtvi_messages("bot-ready"), 10, "RTVI bot-ready", proc)
-        await wait_until(lambda: speaker.quiet_for(PAUSE_BEFORE_QUESTION_S), 20,
-                         "the greeting to end", proc)
+        await wait_until(
+            lambda: speaker.quiet_for(PAUSE_BEFORE_QUESTION_S), 20, "the greeting to end", proc
+        )
         greeting_s = speaker.audible_seconds(connect_started)
+        greetings_heard = [greetings(fake_deepgram)]
 
         # -- 4. the user asks a question out loud -----------------------------------------
-        clip = mic.play(load_wav(Q1_WAV))
+        pcm = load_wav(Q1_WAV)
+        speech_end_s = wav_speech_end_s(pcm)
+        clip = mic.play(pcm)
         await wait_until(lambda: clip.ended_at, 15, "the question to be sent", proc)
+        user_stopped_at = clip.started_at + speech_end_s
         request = await wait_until(
-            lambda: next((r for r in fake_openai.chat_requests
-                          if r["messages"] and r["messages"][-1].get("content") == Q1_TEXT), None),
-            ANSWER_TIMEOUT_S, "the chat request for the question", proc,
+            lambda: next(
+                (
+                    r
+                    for r in fake_openai.chat_requests
+                    if r["messages"] and r["messages"][-1].get("content") == Q1_TEXT
+                ),
+                None,
+            ),
+            ANSWER_TIMEOUT_S,
+            "the chat request for the question",
+            proc,
         )
-        answered_at = await wait_until(lambda: speaker.first_audible_at(clip.ended_at),
-                                       ANSWER_TIMEOUT_S, "the answer's audio", proc)
-        timings["answer"] = answered_at - clip.ended_at
+        timings["llm_request"] = time.monotonic() - user_stopped_at  # upper bound (polled)
+        answered_at = await wait_until(
+            lambda: speaker.first_audible_at(user_stopped_at),
+            ANSWER_TIMEOUT_S,
+            "the answer's audio",
+            proc,
+        )
+        timings["answer"] = answered_at - user_stopped_at
         await wait_until(lambda: speaker.quiet_for(1.0), 20, "the answer to end", proc)
-        answer_s = speaker.audible_seconds(clip.ended_at)
+        answer_s = speaker.audible_seconds(user_stopped_at)
+        timeline = {
+            kind: round(msgs[0][0] - user_stopped_at, 2)
+            for kind in TIMELINE_EVENTS
+            if (msgs := client.rtvi_messages(kind, since=clip.started_at))
+        }
+        finals = [
+            (t, m["data"].get("text"))
+            for t, m in client.rtvi_messages("user-transcription", since=clip.started_at)
+            if m["data"].get("final")
+        ]
+        assert Q1_TEXT in [text for _, text in finals], finals
+        timeline["final user-transcription"] = round(finals[0][0] - user_stopped_at, 2)
 
         # Retrieval: a user-role <transcript_excerpts> message with the learning-rate passage.
         rag = next((t for t in user_texts(request) if "<transcript_excerpts>" in t), None)
@@ -235,37 +341,76 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
         spans = [(int(a), int(b)) for a, b, _ in _EXCERPT.findall(rag)]
         lo, hi = LEARNING_RATE_SPAN
         assert any(a < hi and b > lo for a, b in spans), f"no excerpt overlaps {lo}-{hi}: {spans}"
-        assert request["messages"][-1] == {"role": "user", "content": Q1_TEXT}
+        assert request["messages"][-1]["role"] == "user"
         assert any(t.strip() == ANSWER for t in fake_deepgram.spoken_texts), (
             fake_deepgram.spoken_texts
         )
         assert answer_s > 1.0, f"only {answer_s:.2f}s of the answer was heard"
 
-        # -- 5. the user hangs up; the conversation ends -----------------------------------
+        # -- 5. the user hangs up; the conversation ends and was saved ---------------------
         await client.close()
         client = None
-        await wait_until(lambda: "Conversation " in err.text and " ended:" in err.text, 15,
-                         "the conversation to end", proc)
+        await wait_until(
+            lambda: conversations_ended(err.text) == 1, 15, "the conversation to end", proc
+        )
+        ((conversation_id, keys, _),) = store.conversations()
+        assert keys == "gradient_descent_lecture"
+        saved = store.conversation_messages(conversation_id)
+        assert ("user", Q1_TEXT, False) in saved, saved
+        assert ("assistant", ANSWER, False) in saved, saved
 
-        # -- 6. Ctrl-C stops the server cleanly --------------------------------------------
+        # -- 6. reloading the page starts a new conversation, greeted again -----------------
+        client = SmallWebRTCClient(base, Microphone())
+        reconnect_started = time.monotonic()
+        await client.connect(timeout_s=30)
+        regreeted_at = await wait_until(
+            lambda: client.loudspeaker.first_audible_at(reconnect_started),
+            GREETING_TIMEOUT_S,
+            "the second greeting's audio",
+            proc,
+        )
+        timings["regreeting"] = regreeted_at - reconnect_started
+        await wait_until(
+            lambda: client.loudspeaker.quiet_for(1.0), 20, "the second greeting to end", proc
+        )
+        greetings_heard.append(greetings(fake_deepgram) - greetings_heard[0])
+        assert greetings_heard[1] >= 1, fake_deepgram.spoken_texts
+        await client.close()
+        client = None
+        await wait_until(
+            lambda: conversations_ended(err.text) == 2, 15, "the second conversation to end", proc
+        )
+        assert len(store.conversations()) == 2
+
+        # -- 7. Ctrl-C stops the server cleanly ---------------------------------------------
         group_before = process_group(proc.pid)
         proc.send_signal(signal.SIGINT)
         sigint_at = time.monotonic()
-        returncode = await asyncio.to_thread(proc.wait, EXIT_TIMEOUT_S)
+        try:
+            returncode = await asyncio.to_thread(proc.wait, EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"backtalk talk still running {EXIT_TIMEOUT_S:.0f}s after SIGINT")
         timings["exit"] = time.monotonic() - sigint_at
         out.join()
         err.join()
         leftovers = process_group(proc.pid)
         print(
             f"\nbacktalk talk over WebRTC: startup {timings['startup']:.1f}s "
-            f"(ingest done {timings['ingested']:.1f}s), connect {timings['connect']:.2f}s, "
-            f"greeting audio {timings['greeting']:.2f}s after connecting ({greeting_s:.1f}s long), "
-            f"answer audio {timings['answer']:.2f}s after the question ended "
-            f"({answer_s:.1f}s long), exit {timings['exit']:.2f}s after SIGINT (rc {returncode}); "
-            f"processes in the group before SIGINT: {group_before}"
+            f"(ingest done {timings['ingested']:.1f}s); connect {timings['connect']:.2f}s; "
+            f"greeting audio {timings['greeting']:.2f}s after connecting ({greeting_s:.1f}s "
+            f"long); answer audio {timings['answer']:.2f}s after the user stopped speaking "
+            f"({answer_s:.1f}s long; RTVI events, s after the user stopped: {timeline}); "
+            f"LLM request <= {timings['llm_request']:.2f}s; second session greeted "
+            f"{timings['regreeting']:.2f}s after connecting; exit {timings['exit']:.2f}s after "
+            f"SIGINT (rc {returncode}); greetings per session {greetings_heard}; "
+            f"process group before SIGINT: {group_before}"
         )
+        assert returncode == 0, returncode
         assert "Traceback" not in err.text, err.text[-5000:]
+        assert not re.search(r"\| (ERROR|CRITICAL) ", err.text), err.text[-5000:]
         assert not leftovers, f"orphan processes: {leftovers}"
+        # One greeting per conversation, even when SmallWebRTC reports a connection twice.
+        assert greetings_heard == [1, 1]
     finally:
         if client is not None:
             await client.close()

@@ -297,8 +297,11 @@ class SmallWebRTCClient:
             # loopback test without network cannot use).
             async with http.post(
                 f"{self.base_url}/start",
-                json={"createDailyRoom": False, "enableDefaultIceServers": False,
-                      "transport": "webrtc"},
+                json={
+                    "createDailyRoom": False,
+                    "enableDefaultIceServers": False,
+                    "transport": "webrtc",
+                },
             ) as r:
                 r.raise_for_status()
                 self.start_response = await r.json()

@@ -181,8 +181,16 @@ async def build_conversation(
     recorder.attach(stages.user, stages.assistant)
     hello = greeting(session.videos)
 
+    greeted = False
+
     @transport.event_handler("on_client_connected")
     async def _on_connected(_transport, _client):
+        # Greet once: SmallWebRTC can report one connection twice (a race between
+        # its connect() and its connection-state callback).
+        nonlocal greeted
+        if greeted:
+            return
+        greeted = True
         logger.info("Client connected; greeting")
         await worker.queue_frames([TTSSpeakFrame(hello)])
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from contextlib import asynccontextmanager
 
 import aiohttp
 from loguru import logger
@@ -10,6 +12,7 @@ from pipecat.runner.types import RunnerArguments
 from pipecat.transports.base_transport import TransportParams
 
 from backtalk.agent.bot import AgentResources, TalkSession, run_conversation
+from backtalk.errors import UsageError
 
 __all__ = ["make_bot", "run_daily", "serve_webrtc"]
 
@@ -19,6 +22,19 @@ def _configure_logging(level: str) -> None:
     # Backtalk logs at INFO unless asked for more (BACKTALK_LOG_LEVEL).
     logger.remove()
     logger.add(sys.stderr, level=level)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail early, by name, if another program (an earlier ``backtalk talk``?) holds the port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((socket.gethostbyname(host), port))
+        except OSError:
+            raise UsageError(
+                f"Port {port} on {host} is already in use (is another `backtalk talk` "
+                "running?). Stop it, or pass --port with a free port."
+            ) from None
 
 
 def make_bot(resources: AgentResources, session: TalkSession):
@@ -69,9 +85,24 @@ def serve_webrtc(resources: AgentResources, session: TalkSession, *, host: str, 
         session: The videos and persona.
         host: Interface to listen on.
         port: TCP port.
+
+    Raises:
+        UsageError: the port is already in use.
     """
     from pipecat.runner import run as pipecat_runner
 
+    check_port_free(host, port)
+    # The runner resets loguru to DEBUG in main(); restore our level when its server
+    # starts, by composing a lifespan the same way the runner composes its own.
+    existing = pipecat_runner.app.router.lifespan_context
+
+    @asynccontextmanager
+    async def quiet_logs(app):
+        _configure_logging(resources.settings.log_level)
+        async with existing(app) as state:
+            yield state
+
+    pipecat_runner.app.router.lifespan_context = quiet_logs
     # The runner discovers `bot` on the __main__ module and reads its options from argv.
     sys.modules["__main__"].bot = make_bot(resources, session)  # type: ignore[attr-defined]
     sys.argv = [sys.argv[0], "-t", "webrtc", "--host", host, "--port", str(port)]
