@@ -15,10 +15,8 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +27,7 @@ import numpy as np
 import pytest
 from conftest import AUDIO, TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
+from processes import Output, free_port, http_status, process_group
 from webrtc_client import Microphone, SmallWebRTCClient, load_wav
 
 from backtalk.store import Store
@@ -86,27 +85,6 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
-class Output:
-    """Collects a pipe's lines from a background thread."""
-
-    def __init__(self, stream) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:
-        for line in iter(stream.readline, ""):
-            self.lines.append(line)
-        stream.close()
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def join(self, timeout: float = 5.0) -> None:
-        self._thread.join(timeout)
-
-
 def wav_speech_end_s(pcm: bytes, sample_rate: int = 16000, rms: float = 500.0) -> float:
     """End, seconds, of the last 20 ms window of ``pcm`` louder than ``rms``."""
     window = sample_rate // 50
@@ -117,22 +95,6 @@ def wav_speech_end_s(pcm: bytes, sample_rate: int = 16000, rms: float = 500.0) -
         if np.sqrt(np.mean(samples[i : i + window] ** 2)) > rms
     ]
     return (loud[-1] + window) / sample_rate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
 
 
 def redirect_target(url: str) -> str | None:
@@ -147,23 +109,6 @@ def redirect_target(url: str) -> str | None:
     except urllib.error.HTTPError as e:
         return e.headers.get("Location")
     return None
-
-
-def process_group(pgid: int) -> list[tuple[int, str]]:
-    """(pid, command) of every live process in process group ``pgid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                found.append((int(entry.name), command.strip()))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def user_texts(request: dict) -> list[str]:
