@@ -25,13 +25,19 @@ LR = RetrievedChunk(
     youtube_id="GDlecture01",
 )
 SOURDOUGH = RetrievedChunk(
-    text="float test", start_s=224.4, end_s=254.0, video_title="Sourdough talk", video_key="sourdough_talk"
+    text="float test",
+    start_s=224.4,
+    end_s=254.0,
+    video_title="Sourdough talk",
+    video_key="sourdough_talk",
 )
 
 
 async def test_strip_citations_leaves_only_the_spoken_words():
     text = 'That is about three and a half minutes in <cite v="GDlecture01" t="214"/>. Next <cite t="5">'
-    assert await strip_citations(text, "sentence") == "That is about three and a half minutes in. Next"
+    assert (
+        await strip_citations(text, "sentence") == "That is about three and a half minutes in. Next"
+    )
 
 
 async def test_valid_citations_become_rtvi_messages_and_invented_ones_are_dropped():
@@ -48,7 +54,9 @@ async def test_valid_citations_become_rtvi_messages_and_invented_ones_are_droppe
             RetrievalResultFrame(query="q", chunks=[LR, SOURDOUGH]),
             LLMFullResponseStartFrame(),
             LLMTextFrame("He covers it about three and a half minutes in <ci"),
-            LLMTextFrame('te v="GDlecture01" t="214"/>, and the float test <cite v="sourdough_talk" '),
+            LLMTextFrame(
+                'te v="GDlecture01" t="214"/>, and the float test <cite v="sourdough_talk" '
+            ),
             LLMTextFrame('t="230"/>. He also says <cite v="GDlecture01" t="900"/> something.'),
             LLMTextFrame(' Again <cite v="GDlecture01" t="214"/>.'),
             LLMFullResponseEndFrame(),
@@ -117,7 +125,9 @@ async def test_deepgram_tts_never_receives_the_tags():
         )
         down, _ = await run_test(
             tts,
-            frames_to_send=[TTSSpeakFrame('Around four minutes in <cite v="GDlecture01" t="240"/>.')],
+            frames_to_send=[
+                TTSSpeakFrame('Around four minutes in <cite v="GDlecture01" t="240"/>.')
+            ],
         )
         spoken = " ".join(fake.spoken_texts)
     assert "Around four minutes in" in spoken and "<cite" not in spoken and "240" not in spoken

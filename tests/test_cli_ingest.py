@@ -86,7 +86,9 @@ def test_changed_transcript_replaces_all_old_chunks(db_env, tmp_path):
     assert videos == 1 and 0 < chunks < n1
     engine = create_engine(sqlalchemy_url(db_env))
     with engine.connect() as conn:
-        ordinals = conn.execute(text("SELECT ordinal FROM video_chunks ORDER BY ordinal")).scalars().all()
+        ordinals = (
+            conn.execute(text("SELECT ordinal FROM video_chunks ORDER BY ordinal")).scalars().all()
+        )
     engine.dispose()
     assert ordinals == list(range(chunks))
 

@@ -34,8 +34,10 @@ pytestmark = pytest.mark.integration
 
 LECTURE = str(TRANSCRIPTS / "gradient_descent_lecture.json")
 SOURDOUGH = str(TRANSCRIPTS / "sourdough_talk.vtt")
-EXCERPT = re.compile(r'<excerpt video="([^"]*)" id="([^"]*)" start="[^"]*" end="[^"]*" '
-                     r'start_seconds="(\d+)" end_seconds="(\d+)">')
+EXCERPT = re.compile(
+    r'<excerpt video="([^"]*)" id="([^"]*)" start="[^"]*" end="[^"]*" '
+    r'start_seconds="(\d+)" end_seconds="(\d+)">'
+)
 
 
 def excerpts(request: dict) -> list[tuple[str, str, int, int]]:
@@ -62,9 +64,7 @@ def grounded_reply(request: dict) -> str | FakeReply:
         if m["role"] == "tool" and "excerpts" in m["content"]
     ]
     if searches:
-        found = [
-            (t, i, int(s), int(e)) for t, i, s, e in EXCERPT.findall(searches[-1]["excerpts"])
-        ]
+        found = [(t, i, int(s), int(e)) for t, i, s, e in EXCERPT.findall(searches[-1]["excerpts"])]
     if not found:
         return "The video doesn't cover that, I'm afraid."
     title, video_id, start, end = found[0]
@@ -113,7 +113,11 @@ async def conversation(keys: list[str], persona: str = "tutor") -> AsyncIterator
     transport = LoopbackTransport()
     collector = Collector()
     conv = await build_conversation(
-        transport, session, resources, transport_name="test", observers=[collector],
+        transport,
+        session,
+        resources,
+        transport_name="test",
+        observers=[collector],
         idle_timeout_secs=None,
     )
     conv.collector = collector
@@ -201,7 +205,9 @@ async def test_a_session_searches_only_its_own_videos(fakes):
     async with conversation(["gradient_descent_lecture"]) as conv:
         await say(conv, "What makes sourdough taste tangy?")
         await wait_until(lambda: openai.chat_requests, what="chat request")
-    assert all(title == "Gradient descent lecture" for title, *_ in excerpts(openai.chat_requests[-1]))
+    assert all(
+        title == "Gradient descent lecture" for title, *_ in excerpts(openai.chat_requests[-1])
+    )
 
     openai.reset()
     async with conversation(["gradient_descent_lecture", "sourdough_talk"]) as conv:
@@ -220,7 +226,9 @@ async def test_tool_mode_retrieves_only_when_the_model_asks(fakes, monkeypatch):
         if any(m["role"] == "tool" for m in request["messages"]):
             return grounded_reply(request)
         if "momentum" in last_user_text(request):
-            return FakeReply(tool_calls=[{"name": "search_video", "arguments": {"query": "momentum"}}])
+            return FakeReply(
+                tool_calls=[{"name": "search_video", "arguments": {"query": "momentum"}}]
+            )
         return "Hi! Happy to chat."
 
     openai.reply = model
@@ -248,7 +256,9 @@ async def test_asking_for_another_style_switches_persona(fakes):
         if "casual" in last_user_text(request) and not any(
             m["role"] == "tool" for m in request["messages"]
         ):
-            return FakeReply(tool_calls=[{"name": "set_persona", "arguments": {"persona": "casual"}}])
+            return FakeReply(
+                tool_calls=[{"name": "set_persona", "arguments": {"persona": "casual"}}]
+            )
         if request["messages"][-1]["role"] == "tool":
             return "Sure thing, keeping it chill."
         return grounded_reply(request)

@@ -45,14 +45,24 @@ def bot(db_env, tmp_path):
             "BACKTALK_DATA_DIR": str(tmp_path / "data"),
         }
         cmd = [
-            sys.executable, "-m", "backtalk.cli", "talk",
+            sys.executable,
+            "-m",
+            "backtalk.cli",
+            "talk",
             str((TRANSCRIPTS / "gradient_descent_lecture.json").resolve()),
             str((TRANSCRIPTS / "coffee_canary_talk.json").resolve()),
-            "--port", str(port),
+            "--port",
+            str(port),
         ]
         proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True,
+            cmd,
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         out, err = Output(proc.stdout), Output(proc.stderr)
         try:

@@ -28,7 +28,9 @@ def load_example():
 
 
 async def test_host_app_example_answers_from_the_library(db_env, monkeypatch):
-    assert CliRunner().invoke(app, ["ingest", str(TRANSCRIPTS / "sourdough_talk.srt")]).exit_code == 0
+    assert (
+        CliRunner().invoke(app, ["ingest", str(TRANSCRIPTS / "sourdough_talk.srt")]).exit_code == 0
+    )
     with FakeOpenAI(reply="It's the lactic acid bacteria.") as openai, FakeDeepgram() as dg:
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
         monkeypatch.setenv("OPENAI_BASE_URL", openai.base_url)

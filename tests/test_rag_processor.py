@@ -15,6 +15,7 @@ from pipecat.metrics.metrics import ProcessingMetricsData
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
+from retrievers import ListRetriever
 
 from backtalk.processors import RAGContextProcessor, RetrievedChunk, render_retrieval_message
 from backtalk.processors.citations import RetrievalResultFrame
@@ -28,28 +29,6 @@ LR = RetrievedChunk(
     youtube_id="GDlecture01",
     score=0.61,
 )
-
-
-class ListRetriever:
-    """A retriever over a fixed list; records its queries."""
-
-    def __init__(self, chunks=(LR,), delay_s=0.0, error=None):
-        self.chunks = list(chunks)
-        self.delay_s = delay_s
-        self.error = error
-        self.queries = []
-        self.cancelled = 0
-
-    async def retrieve(self, query, *, k):
-        self.queries.append(query)
-        try:
-            await asyncio.sleep(self.delay_s)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        if self.error:
-            raise self.error
-        return self.chunks[:k]
 
 
 def user_turn(*texts):
@@ -67,7 +46,7 @@ def retrieval_messages(context):
 
 async def test_injects_one_user_role_message_into_a_copy_of_the_context():
     shared = user_turn("what does he say about the learning rate?")
-    retriever = ListRetriever()
+    retriever = ListRetriever([LR])
     down, _ = await run_test(
         RAGContextProcessor(retriever),
         frames_to_send=[LLMContextFrame(context=shared)],
@@ -86,7 +65,7 @@ async def test_injects_one_user_role_message_into_a_copy_of_the_context():
 
 async def test_retrieved_text_never_accumulates_across_turns():
     shared = user_turn("first question")
-    processor = RAGContextProcessor(ListRetriever())
+    processor = RAGContextProcessor(ListRetriever([LR]))
     down, _ = await run_test(
         processor,
         frames_to_send=[LLMContextFrame(context=shared)],
@@ -96,7 +75,7 @@ async def test_retrieved_text_never_accumulates_across_turns():
     shared.add_message({"role": "assistant", "content": "answer one"})
     shared.add_message({"role": "user", "content": "second question"})
     down2, _ = await run_test(
-        RAGContextProcessor(ListRetriever()),
+        RAGContextProcessor(ListRetriever([LR])),
         frames_to_send=[LLMContextFrame(context=shared)],
         expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
@@ -129,7 +108,9 @@ def test_transcript_cannot_break_out_of_its_delimiters():
 
 def test_injected_context_is_bounded():
     chunks = [
-        RetrievedChunk(text="word " * 400, start_s=i * 60, end_s=i * 60 + 60, video_title="t", video_key="k")
+        RetrievedChunk(
+            text="word " * 400, start_s=i * 60, end_s=i * 60 + 60, video_title="t", video_key="k"
+        )
         for i in range(10)
     ]
     content = render_retrieval_message(chunks, max_chars=6000)["content"]
@@ -138,7 +119,7 @@ def test_injected_context_is_bounded():
 
 
 async def test_retrieval_timeout_lets_the_turn_go_on_without_context():
-    retriever = ListRetriever(delay_s=5.0)
+    retriever = ListRetriever([LR], delay_s=5.0)
     processor = RAGContextProcessor(retriever, timeout_s=0.2)
     started = time.monotonic()
     down, up = await run_test(
@@ -155,7 +136,7 @@ async def test_retrieval_timeout_lets_the_turn_go_on_without_context():
 
 
 async def test_store_failure_lets_the_turn_go_on_and_reports_a_non_fatal_error():
-    processor = RAGContextProcessor(ListRetriever(error=ConnectionError("db down")))
+    processor = RAGContextProcessor(ListRetriever([LR], error=ConnectionError("db down")))
     failures = []
 
     @processor.event_handler("on_retrieval_failed")
@@ -181,11 +162,14 @@ async def test_nothing_found_is_said_plainly():
         frames_to_send=[LLMContextFrame(context=user_turn("weather in Paris?"))],
         expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    assert "No part of the video's transcript matched" in retrieval_messages(down[-1].context)[0]["content"]
+    assert (
+        "No part of the video's transcript matched"
+        in retrieval_messages(down[-1].context)[0]["content"]
+    )
 
 
 async def test_interruption_cancels_pending_retrieval_and_drops_the_turn():
-    retriever = ListRetriever(delay_s=1.0)
+    retriever = ListRetriever([LR], delay_s=1.0)
     processor = RAGContextProcessor(retriever, timeout_s=2.0)
     down, _ = await run_test(
         processor,
@@ -206,7 +190,7 @@ async def test_interruption_cancels_pending_retrieval_and_drops_the_turn():
 
 
 async def test_withdrawn_eager_turn_drops_its_speculative_frame():
-    retriever = ListRetriever(delay_s=0.5)
+    retriever = ListRetriever([LR], delay_s=0.5)
     down, _ = await run_test(
         RAGContextProcessor(retriever),
         frames_to_send=[
@@ -221,7 +205,7 @@ async def test_withdrawn_eager_turn_drops_its_speculative_frame():
 
 async def test_speculation_flag_is_kept():
     down, _ = await run_test(
-        RAGContextProcessor(ListRetriever()),
+        RAGContextProcessor(ListRetriever([LR])),
         frames_to_send=[LLMContextFrame(context=user_turn("q"), speculation=True)],
         expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
@@ -231,15 +215,17 @@ async def test_speculation_flag_is_kept():
 async def test_context_without_a_user_message_passes_unchanged():
     context = LLMContext(messages=[{"role": "assistant", "content": "Hi!"}])
     frame = LLMContextFrame(context=context)
-    retriever = ListRetriever()
+    retriever = ListRetriever([LR])
     down, _ = await run_test(
-        RAGContextProcessor(retriever), frames_to_send=[frame], expected_down_frames=[LLMContextFrame]
+        RAGContextProcessor(retriever),
+        frames_to_send=[frame],
+        expected_down_frames=[LLMContextFrame],
     )
     assert down[0] is frame and retriever.queries == []
 
 
 async def test_retrieval_time_is_reported_as_processing_metrics():
-    processor = RAGContextProcessor(ListRetriever(delay_s=0.05))
+    processor = RAGContextProcessor(ListRetriever([LR], delay_s=0.05))
     down, _ = await run_test(
         processor,
         frames_to_send=[LLMContextFrame(context=user_turn("q"))],
@@ -270,17 +256,21 @@ def test_processor_package_does_not_depend_on_the_agent_or_the_store():
 
 @pytest.mark.parametrize("content", [[{"type": "text", "text": "multimodal question"}]])
 async def test_query_comes_from_list_content_too(content):
-    retriever = ListRetriever()
+    retriever = ListRetriever([LR])
     await run_test(
         RAGContextProcessor(retriever),
-        frames_to_send=[LLMContextFrame(context=LLMContext(messages=[{"role": "user", "content": content}]))],
+        frames_to_send=[
+            LLMContextFrame(context=LLMContext(messages=[{"role": "user", "content": content}]))
+        ],
         expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
     assert retriever.queries == ["multimodal question"]
 
 
 async def test_chunks_below_the_similarity_floor_are_dropped():
-    weak = RetrievedChunk(text="weak", start_s=0, end_s=30, video_title="t", video_key="k", score=0.1)
+    weak = RetrievedChunk(
+        text="weak", start_s=0, end_s=30, video_title="t", video_key="k", score=0.1
+    )
     processor = RAGContextProcessor(ListRetriever(chunks=[LR, weak]), min_score=0.25)
     down, _ = await run_test(
         processor,
@@ -296,5 +286,8 @@ async def test_chunks_below_the_similarity_floor_are_dropped():
         frames_to_send=[LLMContextFrame(context=user_turn("weather in Paris?"))],
         expected_down_frames=[RetrievalResultFrame, LLMContextFrame],
     )
-    assert "No part of the video's transcript matched" in retrieval_messages(down[-1].context)[0]["content"]
+    assert (
+        "No part of the video's transcript matched"
+        in retrieval_messages(down[-1].context)[0]["content"]
+    )
     assert off_topic.stats.empty == 1 and off_topic.stats.injected == 0

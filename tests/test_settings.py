@@ -41,9 +41,9 @@ def test_missing_keys_message_says_what_needs_each(monkeypatch):
     assert "DEEPGRAM_API_KEY: needed for speech recognition" in message
     assert "OPENAI_API_KEY: needed for the answers" in message
     assert "DAILY_API_KEY: needed for creating a Daily room" in message
-    Settings(
-        deepgram_api_key="d", openai_api_key="o"
-    ).require_keys(talk=True, transport="daily", room_url="https://x.daily.co/r")
+    Settings(deepgram_api_key="d", openai_api_key="o").require_keys(
+        talk=True, transport="daily", room_url="https://x.daily.co/r"
+    )
 
 
 def test_openai_embedder_needs_the_openai_key_even_for_ingest(monkeypatch):

@@ -8,6 +8,7 @@ from pipecat.frames.frames import (
     UserStoppedSpeakingFrame,
 )
 from pipecat.tests.utils import SleepFrame, run_test
+from retrievers import ListRetriever
 
 from backtalk.processors.retrieval import RetrievedChunk
 from backtalk.processors.speculative import (
@@ -19,39 +20,29 @@ from backtalk.processors.speculative import (
 CHUNK = RetrievedChunk(text="t", start_s=0, end_s=30, video_title="v", video_key="k")
 
 
-class CountingRetriever:
-    def __init__(self, delay_s=0.05):
-        self.delay_s = delay_s
-        self.queries = []
-        self.cancelled = 0
-
-    async def retrieve(self, query, *, k):
-        self.queries.append(query)
-        try:
-            await asyncio.sleep(self.delay_s)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        return [CHUNK]
-
-
 def test_normalisation_ignores_case_and_punctuation():
-    assert normalize_query("What's the  Learning-Rate?") == normalize_query("what's the learning rate")
+    assert normalize_query("What's the  Learning-Rate?") == normalize_query(
+        "what's the learning rate"
+    )
 
 
 async def test_matching_final_query_reuses_the_speculative_result():
-    inner = CountingRetriever()
+    inner = ListRetriever([CHUNK], delay_s=0.05)
     speculative = SpeculativeRetriever(inner)
     speculative.prefetch("what does he say about the learning rate", k=4)
     await asyncio.sleep(0.1)
     result = await speculative.retrieve("What does he say about the learning rate?", k=4)
     assert result == [CHUNK]
     assert inner.queries == ["what does he say about the learning rate"]
-    assert (speculative.stats.hits, speculative.stats.ready_hits, speculative.stats.misses) == (1, 1, 0)
+    assert (speculative.stats.hits, speculative.stats.ready_hits, speculative.stats.misses) == (
+        1,
+        1,
+        0,
+    )
 
 
 async def test_a_different_final_query_is_retrieved_afresh():
-    inner = CountingRetriever()
+    inner = ListRetriever([CHUNK], delay_s=0.05)
     speculative = SpeculativeRetriever(inner)
     speculative.prefetch("what does he say", k=4)
     await speculative.retrieve("what does he say about momentum", k=4)
@@ -59,7 +50,7 @@ async def test_a_different_final_query_is_retrieved_afresh():
 
 
 async def test_cancelling_a_wait_does_not_cancel_the_shared_retrieval():
-    inner = CountingRetriever(delay_s=0.2)
+    inner = ListRetriever([CHUNK], delay_s=0.2)
     speculative = SpeculativeRetriever(inner)
     speculative.prefetch("a question here", k=4)
     waiter = asyncio.create_task(speculative.retrieve("a question here", k=4))
@@ -71,7 +62,7 @@ async def test_cancelling_a_wait_does_not_cancel_the_shared_retrieval():
 
 
 async def test_old_speculations_are_cancelled_beyond_the_limit():
-    inner = CountingRetriever(delay_s=1.0)
+    inner = ListRetriever([CHUNK], delay_s=1.0)
     speculative = SpeculativeRetriever(inner, max_pending=2)
     for text in ("one two three", "one two three four", "one two three four five"):
         speculative.prefetch(text, k=4)
@@ -83,7 +74,7 @@ async def test_old_speculations_are_cancelled_beyond_the_limit():
 
 
 async def test_tap_prefetches_the_turn_so_far_and_passes_frames_on():
-    inner = CountingRetriever()
+    inner = ListRetriever([CHUNK], delay_s=0.05)
     speculative = SpeculativeRetriever(inner)
     frames = [
         InterimTranscriptionFrame("what", "u", "t"),

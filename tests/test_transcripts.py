@@ -51,7 +51,11 @@ def test_youtube_json_transcript_reads_all_lines():
     ("name", "content", "reason"),
     [
         ("bad.json", "{not json", "not valid JSON"),
-        ("shape.json", '[{"text": "hi", "start": "soon"}]', "not a youtube-transcript-api transcript"),
+        (
+            "shape.json",
+            '[{"text": "hi", "start": "soon"}]',
+            "not a youtube-transcript-api transcript",
+        ),
         ("empty.json", "[]", "contains no captions"),
         ("bad.vtt", "this is not webvtt\n", "not a valid WebVTT file"),
         ("bad.srt", "garbage\nnothing\n", "could not parse"),
