@@ -4,12 +4,12 @@ import json
 
 import pytest
 import responses
+from conftest import TRANSCRIPTS, sqlalchemy_url
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
+from youtube_replay import GRADIENT_TITLE, GRADIENT_VIDEO_ID, load_snippets, register_video
 
 from backtalk.cli import app
-from conftest import TRANSCRIPTS, sqlalchemy_url
-from youtube_replay import GRADIENT_TITLE, GRADIENT_VIDEO_ID, load_snippets, register_video
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import pytest
 from conftest import TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI, FakeReply
 from pipecat.frames.frames import LLMMessagesAppendFrame
-from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
 from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
 from pipecat.workers.runner import WorkerRunner
 from transports import LoopbackTransport
 from typer.testing import CliRunner

@@ -1,13 +1,19 @@
 """End-to-end tests of the real voice pipeline, on real speech.
 
 Everything Backtalk ships runs unchanged: ``Settings`` from the environment, the
-ingest CLI, ``AgentResources``/``build_conversation`` (Silero VAD, smart-turn v3,
-Deepgram STT/TTS and OpenAI LLM service classes, the RAG processor over a real
-embedded Postgres + pgvector, the conversation recorder) under Pipecat's
-``WorkerRunner``. Only the edges are stand-ins: the cloud services are the loopback
-fakes of :mod:`tests.fakes` (real wire protocols), and the transport is
-:class:`tests.transports.LoopbackTransport`, a real-time microphone playing the
-WAV fixtures and a real-time loudspeaker that records what the bot says.
+``backtalk ingest`` CLI, ``AgentResources.open`` and ``build_conversation`` (Silero
+VAD, smart-turn v3, the Deepgram STT/TTS and OpenAI LLM service classes, speculative
+retrieval, the RAG processor over a real embedded Postgres + pgvector, the prompt
+guard, citations, the conversation recorder) under Pipecat's ``WorkerRunner``. Only
+the edges are stand-ins: the cloud services are the loopback fakes of
+:mod:`fakes` (real wire protocols), and the transport is
+:class:`transports.LoopbackTransport` — a real-time microphone that plays the WAV
+fixtures and keeps sending silence between them, and a real-time loudspeaker that
+records what the bot says.
+
+Timings printed with ``-s``: the turn latency (end of the user's speech to the bot's
+first audible audio) of each question, and how long the bot kept talking over a
+barge-in.
 """
 
 from __future__ import annotations
@@ -15,13 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import AUDIO, TRANSCRIPTS
+from fakes import FakeDeepgram, FakeOpenAI
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.workers.runner import WorkerRunner
+from transports import MIC_FRAME_S, SPEECH_RMS, LoopbackTransport, load_wav
 from typer.testing import CliRunner
 
 from backtalk.agent.bot import AgentResources, Conversation, TalkSession, build_conversation
@@ -29,11 +45,6 @@ from backtalk.cli import app
 from backtalk.config import Settings
 from backtalk.processors.rag import RETRIEVAL_TAG
 from backtalk.store import Store
-from pipecat.workers.runner import WorkerRunner
-
-from conftest import AUDIO, TRANSCRIPTS
-from fakes import FakeDeepgram, FakeOpenAI, FakeReply
-from transports import LoopbackTransport, load_wav, speech_onset_s
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -45,24 +56,38 @@ Q2_WAV = AUDIO / "q2_why_momentum.wav"
 Q2_TEXT = "Why does momentum help gradient descent?"
 BARGE_IN_WAV = AUDIO / "barge_in_wait.wav"
 BARGE_IN_TEXT = "Wait, stop. Go back to the part about local minima."
+#: How the scripted recogniser transcribes ``barge_in_wait.wav``. The fake gives each
+#: utterance the next queued text when Pipecat sends ``Finalize`` (on every VAD stop),
+#: and the speaker pauses ~0.3 s after "Wait, stop." — longer than VAD ``stop_secs``
+#: (0.2 s) — so there are two utterances, as a real recogniser would report them.
+BARGE_IN_PARTS = ("Wait, stop.", "Go back to the part about local minima.")
 
 #: The learning-rate passage of the lecture, seconds (3:34-4:33; fixtures README).
 LEARNING_RATE_SPAN = (214.0, 273.0)
 
-#: Seconds of fake synthesised speech per character (the fake's default is 0.06, which
-#: makes the greeting ~6 s long; the tests do not need to listen to that much).
+#: Seconds of fake speech per character of text. The fake's default (0.06) makes the
+#: greeting ~6 s long; the tests need not sit through that.
 TTS_SECS_PER_CHAR = 0.02
 
-#: Barge-in bound: after the user's speech begins, the bot may still be audible for
-#: Silero's ``start_secs`` (0.2 s of speech before it reports the user started) plus
-#: its 32 ms analysis window, the interruption's trip through the pipeline (a few
-#: ms), the 40 ms chunk the output is writing when the interruption lands (Pipecat
-#: lets it finish), plus slack for a loaded 2-core CI machine where the event loop
-#: also runs ONNX inference: 1.0 s. Anything longer means the bot talks over the user.
-BARGE_IN_MAX_OVERLAP_S = 1.0
-
-#: Generous upper bounds for things that should happen; never slept for.
+#: Upper bound for anything that should happen; polled, never slept for.
 TURN_TIMEOUT_S = 12.0
+
+#: How long the bot may keep talking after the user starts to talk over it, measured
+#: from the first speech in ``barge_in_wait.wav`` (its "Wait,", 0.04 s in):
+#:
+#: * ``interruption_min_words=1`` (the VAD interrupts): "Wait," lasts only 0.16 s, less
+#:   than Silero's ``start_secs`` (0.2 s), so the VAD can only confirm speech on
+#:   "stop.", which starts 0.48 s after "Wait,": 0.48 + 0.2 s, plus Silero's 32 ms
+#:   analysis window, the interruption's trip through the pipeline (a few ms) and the
+#:   40 ms chunk being written when it arrives (Pipecat lets it finish) ≈ 0.75 s; with
+#:   slack for a loaded 2-core machine: 1.0 s. Observed: 0.67-0.72 s.
+#: * ``interruption_min_words=2`` (the default, backchannel-tolerant): the bot is
+#:   interrupted once the transcript has two words. "stop." ends 0.82 s after "Wait,";
+#:   the fake recogniser never puts a whole utterance in an interim, so the two words
+#:   arrive with the final transcript Pipecat asks for at the VAD stop (0.2 s of
+#:   silence, as Silero sees it) ≈ 1.1 s, plus the same processing and slack: 1.6 s.
+#:   Observed: 1.28-1.32 s.
+BARGE_IN_BOUND_S = {1: 1.0, 2: 1.6}
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float, what: str = "") -> object:
@@ -84,18 +109,30 @@ async def wait_until(predicate: Callable[[], object], timeout: float, what: str 
         await asyncio.sleep(0.02)
 
 
-def wav_speech_span(path: Path) -> tuple[float, float]:
-    """(first, last) second of speech in a WAV fixture (20 ms RMS windows)."""
-    pcm = load_wav(path)
-    onset = speech_onset_s(pcm)
-    end = len(pcm) / 2 / 16000 - speech_onset_s(_reversed_pcm(pcm))
-    return onset, end
+def speech_bursts(path: Path, min_gap_s: float = 0.1) -> list[tuple[float, float]]:
+    """``(start, end)`` seconds of each stretch of speech in a WAV fixture.
+
+    Speech is a 20 ms window louder than :data:`transports.SPEECH_RMS` (the fake
+    recogniser's threshold); stretches closer than ``min_gap_s`` are merged.
+    """
+    samples = np.frombuffer(load_wav(path), dtype="<i2").astype(np.float64)
+    n = int(16000 * MIC_FRAME_S)
+    windows = samples[: len(samples) // n * n].reshape(-1, n)
+    loud = np.sqrt((windows**2).mean(axis=1)) > SPEECH_RMS
+    bursts: list[list[float]] = []
+    for i in np.flatnonzero(loud):
+        start, end = i * MIC_FRAME_S, (i + 1) * MIC_FRAME_S
+        if bursts and start - bursts[-1][1] < min_gap_s:
+            bursts[-1][1] = end
+        else:
+            bursts.append([start, end])
+    return [(a, b) for a, b in bursts]
 
 
-def _reversed_pcm(pcm: bytes) -> bytes:
-    import numpy as np
-
-    return np.frombuffer(pcm, dtype="<i2")[::-1].tobytes()
+def speech_span(path: Path) -> tuple[float, float]:
+    """(first, last) second of speech in a WAV fixture."""
+    bursts = speech_bursts(path)
+    return bursts[0][0], bursts[-1][1]
 
 
 def ingest_lecture() -> None:
@@ -118,7 +155,9 @@ def user_texts(request: dict) -> list[str]:
 
 
 def last_user_text(request: dict) -> str:
-    return user_texts(request)[-1]
+    """The last user-role message of a chat request ("" if none)."""
+    texts = user_texts(request)
+    return texts[-1] if texts else ""
 
 
 def retrieval_message(request: dict) -> str | None:
@@ -136,6 +175,28 @@ def excerpts(message: str) -> list[tuple[int, int, str]]:
     return [(int(a), int(b), text) for a, b, text in _EXCERPT.findall(message)]
 
 
+def request_for(fake: FakeOpenAI, question: str) -> Callable[[], dict | None]:
+    """A predicate: the first chat request whose last user message is ``question``."""
+    return lambda: next((r for r in fake.chat_requests if last_user_text(r) == question), None)
+
+
+class TurnEvents(BaseObserver):
+    """Records when user turns start and stop, and interruptions (``time.monotonic()``)."""
+
+    def __init__(self):
+        super().__init__(observe_every_push=False)
+        self.events: list[tuple[float, str]] = []
+
+    async def on_push_frame(self, data: FramePushed):
+        frame = data.frame
+        if isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame | InterruptionFrame):
+            self.events.append((time.monotonic(), type(frame).__name__))
+
+    def first(self, name: str, after: float) -> float | None:
+        """Time of the first ``name`` frame at or after ``after``."""
+        return next((t for t, n in self.events if n == name and t >= after), None)
+
+
 @dataclass
 class Session:
     """A running conversation and its edges."""
@@ -143,34 +204,62 @@ class Session:
     transport: LoopbackTransport
     conversation: Conversation
     resources: AgentResources
-    runner_task: asyncio.Task
+    turns: TurnEvents
 
     @property
     def output(self):
+        """The loudspeaker."""
         return self.transport.output()
+
+    async def ask(self, fake_deepgram: FakeDeepgram, wav: Path, *texts: str) -> float:
+        """Say ``wav`` (transcribed as ``texts``); return when the speech ended."""
+        for text in texts:
+            fake_deepgram.queue_transcript(text)
+        _, end = speech_span(wav)
+        return await self.transport.play(wav) + end
+
+
+def timeline(s: Session, since: float) -> list[tuple[float, str]]:
+    """What happened after ``since``: audible output runs, bot and user turn events."""
+    events = [(t, e) for t, e in s.turns.events if t >= since]
+    events += [(t, f"bot {e}") for t, e in s.output.speaking_events if t >= since]
+    run: list[float] | None = None
+    for w in s.output.written:
+        if w.t < since or not w.audible:
+            continue
+        if run and w.t - run[1] < 0.1:
+            run[1] = w.t
+        else:
+            if run:
+                events.append((run[0], f"audio until +{run[1] + 0.04 - since:.2f}"))
+            run = [w.t, w.t]
+    if run:
+        events.append((run[0], f"audio until +{run[1] + 0.04 - since:.2f}"))
+    return [(round(t - since, 2), e) for t, e in sorted(events)]
 
 
 @contextlib.asynccontextmanager
-async def running_conversation(settings: Settings, store: Store, observers=()) -> AsyncIterator[Session]:
-    """Build the real conversation on a loopback transport, run it, and tear it all down."""
+async def running_conversation(settings: Settings, store: Store) -> AsyncIterator[Session]:
+    """Build the real conversation on a loopback transport, run it, connect a client;
+    afterwards disconnect, and check that nothing is left running."""
     resources = AgentResources.open(settings)
     runner_task: asyncio.Task | None = None
     transport = LoopbackTransport()
+    turns = TurnEvents()
     try:
         conversation = await build_conversation(
             transport,
             TalkSession(videos=store.list_videos()),
             resources,
             transport_name="test",
+            observers=[turns],
             idle_timeout_secs=None,
-            observers=observers,
         )
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(conversation.worker)
         runner_task = asyncio.create_task(runner.run(), name="e2e-runner")
-        session = Session(transport, conversation, resources, runner_task)
         await transport.connect_client()
-        yield session
+        yield Session(transport, conversation, resources, turns)
         # The user leaves: the bot's handler cancels the worker and the runner ends.
         await transport.disconnect_client()
         await asyncio.wait_for(asyncio.shield(runner_task), 10)
@@ -182,10 +271,13 @@ async def running_conversation(settings: Settings, store: Store, observers=()) -
                 await runner_task
         await resources.close()
         resources.store.engine.dispose()
-
-
-def pipeline_threads() -> set[str]:
-    return {t.name for t in threading.enumerate()}
+    # Nothing of the conversation outlives it (pipeline, services, speculative work).
+    current = asyncio.current_task()
+    await wait_until(
+        lambda: not [t for t in asyncio.all_tasks() if t is not current and not t.done()],
+        5,
+        "the conversation's tasks to finish",
+    )
 
 
 @pytest.fixture
@@ -210,91 +302,84 @@ def services_env(monkeypatch, db_env, fake_openai, fake_deepgram) -> None:
     monkeypatch.setenv("BACKTALK_EMBEDDER", "local")
 
 
-async def wait_greeted(s: Session, fake_deepgram: FakeDeepgram) -> None:
-    """Wait until the greeting was synthesised, played, and finished."""
-    await wait_until(
-        lambda: any(LECTURE_TITLE in t for t in fake_deepgram.spoken_texts), 10, "greeting TTS"
+async def wait_greeted(s: Session, fake_deepgram: FakeDeepgram) -> str:
+    """Wait until the greeting was synthesised, played, and finished; return its text."""
+    greeting = await wait_until(
+        lambda: next((t for t in fake_deepgram.spoken_texts if LECTURE_TITLE in t), None),
+        10,
+        "the greeting to be synthesised",
     )
-    await wait_until(lambda: s.output.audible_bytes() > 0, 10, "greeting audio")
-    await wait_until(lambda: not s.output.bot_speaking, 15, "greeting to end")
+    await wait_until(lambda: s.output.audible_bytes() > 0, 10, "the greeting's audio")
+    await wait_until(lambda: not s.output.bot_speaking, 15, "the greeting to end")
+    return greeting
+
+
+# -- 1. a spoken question, answered from the transcript ---------------------------------
 
 
 async def test_spoken_question_is_answered_from_the_transcript(
     services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
-    answer = (
-        "The speaker says to start small, around zero point zero one, "
-        "about four minutes in."
-    )
+    answer = "The speaker says to start small, around zero point zero one, about four minutes in."
     fake_openai.reply = answer
     ingest_lecture()
-    settings = Settings()
 
-    async with running_conversation(settings, store) as s:
-        await wait_greeted(s, fake_deepgram)
-        greeting = next(t for t in fake_deepgram.spoken_texts if LECTURE_TITLE in t)
+    async with running_conversation(Settings(), store) as s:
+        greeting = await wait_greeted(s, fake_deepgram)
 
-        fake_deepgram.queue_transcript(Q1_TEXT)
-        onset, speech_end = wav_speech_span(Q1_WAV)
-        started = await s.transport.play(Q1_WAV)
-        user_stopped_at = started + speech_end
-
+        # q1 sounds unfinished to smart-turn, so the turn ends after its 3 s stop_secs.
+        user_stopped_at = await s.ask(fake_deepgram, Q1_WAV, Q1_TEXT)
         request = await wait_until(
-            lambda: next(
-                (r for r in fake_openai.chat_requests if last_user_text(r) == Q1_TEXT), None
-            ),
-            TURN_TIMEOUT_S,
-            "the chat request for q1",
+            request_for(fake_openai, Q1_TEXT), TURN_TIMEOUT_S, "the chat request for q1"
         )
-        reply_audio_at = await wait_until(
+        reply_at = await wait_until(
             lambda: s.output.first_audible_at(since=user_stopped_at),
             TURN_TIMEOUT_S,
             "the reply's audio",
         )
-        latency = reply_audio_at - user_stopped_at
-        print(f"\nq1: user stopped speaking -> bot audio: {latency:.2f} s")
-
+        print(f"\nq1: user stopped speaking -> bot audio: {reply_at - user_stopped_at:.2f} s")
         await wait_until(lambda: not s.output.bot_speaking, 15, "the reply to end")
-        conv_id = s.conversation.recorder.conversation_id
+        conversation_id = s.conversation.recorder.conversation_id
         await wait_until(
-            lambda: [m for m in store.conversation_messages(conv_id) if m[0] == "assistant"],
+            lambda: ("assistant", answer, False) in store.conversation_messages(conversation_id),
             5,
-            "the assistant message to be stored",
+            "the answer to be stored",
         )
 
-    # The fakes were really hit.
+    # The fakes were really hit, and the greeting named the video.
     assert fake_deepgram.listen_connections >= 1
     assert fake_openai.chat_requests
     assert LECTURE_TITLE in greeting
 
-    # Retrieval: one user-role message of quoted transcript, with the learning-rate passage.
+    # One user-role message of quoted transcript, holding the learning-rate passage.
     rag = retrieval_message(request)
     assert rag is not None, request["messages"]
-    found = excerpts(rag)
     lo, hi = LEARNING_RATE_SPAN
-    hits = [(a, b, text) for a, b, text in found if a < hi and b > lo]
-    assert hits, f"no excerpt overlaps {LEARNING_RATE_SPAN}: {[(a, b) for a, b, _ in found]}"
+    hits = [(a, b, text) for a, b, text in excerpts(rag) if a < hi and b > lo]
+    assert hits, f"no excerpt overlaps {LEARNING_RATE_SPAN}: {[e[:2] for e in excerpts(rag)]}"
     assert any("learning rate" in text.lower() for _, _, text in hits)
-    # Transcript text never rides in a system/developer message.
+    # Transcript text never rides in a system or developer message.
     for message in request["messages"]:
         if message.get("role") in ("system", "developer"):
-            assert "<excerpt" not in str(message.get("content"))
-            assert "learning rate" not in str(message.get("content")).lower()
-    roles = [m["role"] for m in request["messages"]]
-    assert roles[-2:] == ["user", "user"]
+            content = str(message.get("content"))
+            assert "<excerpt" not in content and "learning rate" not in content.lower()
+    # The retrieval message sits right before the question, which comes last.
+    assert [m["role"] for m in request["messages"][-2:]] == ["user", "user"]
+    assert request["messages"][-2]["content"] == rag
     assert request["messages"][-1]["content"] == Q1_TEXT
 
-    # The reply was spoken.
+    # The answer was spoken.
     assert any("zero point zero one" in t for t in fake_deepgram.spoken_texts)
     assert s.output.audible_bytes(since=user_stopped_at) > 0
 
     # And the conversation was recorded.
-    conversations = store.conversations()
-    assert [c[0] for c in conversations] == [conv_id]
-    messages = store.conversation_messages(conv_id)
+    assert [c[0] for c in store.conversations()] == [conversation_id]
+    messages = store.conversation_messages(conversation_id)
     assert ("user", Q1_TEXT, False) in messages
     assert ("assistant", answer, False) in messages
 
+
+# -- 2. barge-in -----------------------------------------------------------------------
 
 LONG_ANSWER = (
     "Momentum helps because it remembers the direction of the last few steps. "
@@ -311,12 +396,6 @@ LONG_ANSWER = (
 )
 SHORT_ANSWER = "Sure. About five minutes in, he says local minima are rarer than people fear."
 STOP_ANSWER = "Okay, stopping."
-#: How the scripted recogniser transcribes ``barge_in_wait.wav``: the user pauses for
-#: 0.3 s after "Wait, stop." (longer than VAD ``stop_secs``), so Silero reports two
-#: stretches of speech, Pipecat sends Deepgram a ``Finalize`` after each, and a real
-#: recogniser would return one final transcript for each.
-BARGE_IN_PARTS = ("Wait, stop.", "Go back to the part about local minima.")
-assert " ".join(BARGE_IN_PARTS) == BARGE_IN_TEXT
 
 
 def scripted_model(body: dict) -> str:
@@ -327,73 +406,74 @@ def scripted_model(body: dict) -> str:
     return SHORT_ANSWER if "local minima" in question else STOP_ANSWER
 
 
+@pytest.mark.parametrize(
+    "min_words",
+    [pytest.param(2, id="default-min-words-2"), pytest.param(1, id="vad-min-words-1")],
+)
 async def test_user_barges_in_while_the_bot_is_speaking(
-    services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
+    min_words: int,
+    monkeypatch,
+    services_env,
+    fake_openai: FakeOpenAI,
+    fake_deepgram: FakeDeepgram,
+    store: Store,
 ):
-    # A long answer that is still streaming (~130 tokens, 50 ms apart) when the user
-    # interrupts, and still being spoken.
+    if min_words != 2:
+        monkeypatch.setenv("BACKTALK_INTERRUPTION_MIN_WORDS", str(min_words))
+    settings = Settings()
+    assert settings.interruption_min_words == min_words
+    bound = BARGE_IN_BOUND_S[min_words]
+    # A long answer, still streaming (~130 tokens, 50 ms apart) and being spoken when
+    # the user interrupts.
     fake_openai.reply = scripted_model
     fake_openai.token_interval_s = 0.05
     ingest_lecture()
-    settings = Settings()
 
-    import sys; sys.path.insert(0, "/tmp/dbg"); from dbg_observer import DbgObserver; dbg = DbgObserver()
-    async with running_conversation(settings, store, [dbg]) as s:
+    async with running_conversation(settings, store) as s:
         await wait_greeted(s, fake_deepgram)
 
-        fake_deepgram.queue_transcript(Q2_TEXT)
-        _, q2_end = wav_speech_span(Q2_WAV)
-        q2_stopped_at = await s.transport.play(Q2_WAV) + q2_end
-        await wait_until(
-            lambda: any(last_user_text(r) == Q2_TEXT for r in fake_openai.chat_requests),
-            TURN_TIMEOUT_S,
-            "the chat request for q2",
-        )
-        reply_audio_at = await wait_until(
+        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
+        await wait_until(request_for(fake_openai, Q2_TEXT), TURN_TIMEOUT_S, "the q2 request")
+        reply_at = await wait_until(
             lambda: s.output.first_audible_at(since=q2_stopped_at),
             TURN_TIMEOUT_S,
-            "the q2 reply's audio",
+            "the q2 answer's audio",
         )
-        print(f"\nq2: user stopped speaking -> bot audio: {reply_audio_at - q2_stopped_at:.2f} s")
+        print(f"\nq2: user stopped speaking -> bot audio: {reply_at - q2_stopped_at:.2f} s")
         assert s.output.bot_speaking
 
         # The user talks over the bot.
+        (onset, _), *_, (_, end) = speech_bursts(BARGE_IN_WAV)
         for part in BARGE_IN_PARTS:
             fake_deepgram.queue_transcript(part)
-        barge_onset, barge_end = wav_speech_span(BARGE_IN_WAV)
         barge_started = await s.transport.play(BARGE_IN_WAV)
-        barge_onset_at = barge_started + barge_onset
-        barge_stopped_at = barge_started + barge_end
+        barge_onset_at, barge_stopped_at = barge_started + onset, barge_started + end
 
-        # The barge-in is answered as a normal turn.
+        # The barge-in is then answered as a normal turn.
         request = await wait_until(
             lambda: next(
-                (r for r in fake_openai.chat_requests if last_user_text(r) == BARGE_IN_PARTS[-1] or last_user_text(r) == BARGE_IN_TEXT),
+                (r for r in fake_openai.chat_requests if "local minima" in last_user_text(r)),
                 None,
             ),
             TURN_TIMEOUT_S,
-            "the chat request for the barge-in",
+            "the request answering the barge-in",
         )
-        second_reply_at = await wait_until(
+        answer_at = await wait_until(
             lambda: s.output.first_audible_at(since=barge_stopped_at),
             TURN_TIMEOUT_S,
-            "the barge-in reply's audio",
+            "the barge-in answer's audio",
         )
-        print(
-            f"barge-in: user stopped speaking -> bot audio: {second_reply_at - barge_stopped_at:.2f} s"
-        )
-        await wait_until(lambda: not s.output.bot_speaking, 15, "the second reply to end")
-        conv_id = s.conversation.recorder.conversation_id
+        print(f"barge-in: user stopped speaking -> bot audio: {answer_at - barge_stopped_at:.2f} s")
+        await wait_until(lambda: not s.output.bot_speaking, 15, "the answer to end")
+        conversation_id = s.conversation.recorder.conversation_id
         await wait_until(
-            lambda: any(
-                m == ("assistant", SHORT_ANSWER, False)
-                for m in store.conversation_messages(conv_id)
-            ),
+            lambda: ("assistant", SHORT_ANSWER, False)
+            in store.conversation_messages(conversation_id),
             5,
             "the answer to be stored",
         )
 
-    # The answer being spoken stopped soon after the user started talking.
+    # The bot went quiet soon after the user began talking over it...
     stopped_at = next(
         (t for t, e in s.output.speaking_events if e == "stopped" and t >= barge_onset_at), None
     )
@@ -404,40 +484,41 @@ async def test_user_barges_in_while_the_bot_is_speaking(
         if w.audible and barge_onset_at <= w.t <= stopped_at
     ]
     print(
-        f"barge-in: bot went quiet {stopped_at - barge_onset_at:.2f} s after the user began"
-        f" (last audible frame at +{max(talked_over, default=0):.2f} s)"
+        f"barge-in: bot quiet {stopped_at - barge_onset_at:.2f} s after the user began "
+        f"(bound {bound:.1f} s)"
     )
-    print("speaking events after barge-in:", [(round(t - barge_onset_at, 2), e) for t, e in s.output.speaking_events if t >= barge_onset_at])
-    for t, e, c in dbg.events:
-        if t >= barge_onset_at - 0.5: print(f"DBG {t - barge_onset_at:+.3f} {e} {c}")
-    runs = []
-    for w in s.output.written:
-        if w.t >= barge_onset_at - 0.2 and w.audible:
-            if runs and w.t - runs[-1][1] < 0.1: runs[-1][1] = w.t
-            else: runs.append([w.t, w.t])
-    print("AUDIBLE RUNS", [(round(a - barge_onset_at, 2), round(b - barge_onset_at + 0.04, 2)) for a, b in runs])
+    print("barge-in timeline (s from the user's first word):", timeline(s, barge_onset_at))
     assert talked_over, "the bot had stopped before the user spoke: not a barge-in"
-    assert stopped_at - barge_onset_at < BARGE_IN_MAX_OVERLAP_S
-    assert max(talked_over) < BARGE_IN_MAX_OVERLAP_S
+    assert stopped_at - barge_onset_at < bound
+    assert max(talked_over) < bound
+    # ...and stayed quiet until the user's turn ended: nothing of the interrupted
+    # answer was played after the interruption.
+    turn_ended_at = s.turns.first("UserStoppedSpeakingFrame", after=barge_onset_at)
+    assert turn_ended_at is not None
+    late = [
+        round(w.t - barge_onset_at, 2)
+        for w in s.output.written
+        if w.audible and stopped_at + 0.1 < w.t < turn_ended_at
+    ]
+    assert not late, f"bot audio after the interruption, before the user's turn ended: {late}"
 
     # The LLM stream and the speech in progress were abandoned.
     assert fake_openai.cancelled_streams >= 1
     assert fake_deepgram.clears >= 1
 
-    # The next turn was answered normally: everything the user said reached the model.
+    # Everything the user said reached the model, and was answered from the video.
     assert fake_deepgram.pending_transcripts == [] and fake_deepgram.unscripted_utterances == 0
     said = [t for t in user_texts(request) if f"<{RETRIEVAL_TAG}>" not in t]
-    print("user messages:", said)
     assert " ".join(said[said.index(Q2_TEXT) + 1 :]) == BARGE_IN_TEXT
+    assert request["messages"][-1]["content"] in (BARGE_IN_TEXT, BARGE_IN_PARTS[-1])
     assert retrieval_message(request) is not None
     assert any("local minima are rarer" in t for t in fake_deepgram.spoken_texts)
     assert s.output.audible_bytes(since=barge_stopped_at) > 0
 
-    # The interrupted answer is stored as interrupted, with only what was said.
-    messages = store.conversation_messages(conv_id)
-    print("stored:", messages)
+    # The interrupted answer is stored as interrupted, with only what was said of it.
+    messages = store.conversation_messages(conversation_id)
     momentum = [(c, i) for r, c, i in messages if r == "assistant" and c.startswith("Momentum")]
-    assert len(momentum) == 1
+    assert len(momentum) == 1, messages
     content, interrupted = momentum[0]
     assert interrupted
     assert len(content) < len(LONG_ANSWER) and LONG_ANSWER.startswith(content.rstrip())
@@ -446,11 +527,16 @@ async def test_user_barges_in_while_the_bot_is_speaking(
     assert user_said[0] == Q2_TEXT and " ".join(user_said[1:]) == BARGE_IN_TEXT
 
 
+# -- 3. retrieval times out --------------------------------------------------------------
+
+
 async def test_turn_is_answered_when_retrieval_times_out(
     monkeypatch, services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
     # Embeddings come from the (fake) OpenAI endpoint: instant while ingesting and
-    # warming up, then slower than the retrieval budget.
+    # warming up, then far slower than the 0.3 s retrieval budget. (Not just 2 s:
+    # speculative retrieval starts on q1's final transcript, about 3 s before
+    # smart-turn ends the turn, and would be done by then.)
     monkeypatch.setenv("BACKTALK_EMBEDDER", "openai")
     monkeypatch.setenv("BACKTALK_RETRIEVAL_TIMEOUT_S", "0.3")
     fake_openai.reply = "I can't look that up right now, sorry."
@@ -459,19 +545,13 @@ async def test_turn_is_answered_when_retrieval_times_out(
     assert settings.embedder == "openai" and settings.retrieval_timeout_s == 0.3
 
     async with running_conversation(settings, store) as s:
-        fake_openai.embedding_delay_s = 2.0
+        fake_openai.embedding_delay_s = 8.0
         embeddings_before = len(fake_openai.embedding_requests)
         await wait_greeted(s, fake_deepgram)
 
-        fake_deepgram.queue_transcript(Q1_TEXT)
-        _, speech_end = wav_speech_span(Q1_WAV)
-        user_stopped_at = await s.transport.play(Q1_WAV) + speech_end
+        user_stopped_at = await s.ask(fake_deepgram, Q1_WAV, Q1_TEXT)
         request = await wait_until(
-            lambda: next(
-                (r for r in fake_openai.chat_requests if last_user_text(r) == Q1_TEXT), None
-            ),
-            TURN_TIMEOUT_S,
-            "the chat request for q1",
+            request_for(fake_openai, Q1_TEXT), TURN_TIMEOUT_S, "the chat request for q1"
         )
         await wait_until(
             lambda: s.output.first_audible_at(since=user_stopped_at),

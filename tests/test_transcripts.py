@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import TRANSCRIPTS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -10,7 +11,6 @@ from backtalk.errors import CaptionFileError
 from backtalk.ingest import Segment, chunk_segments
 from backtalk.ingest.captions import read_caption_file
 from backtalk.ingest.segments import clean_text
-from conftest import TRANSCRIPTS
 
 
 def lecture_segments() -> list[Segment]:
