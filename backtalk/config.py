@@ -51,7 +51,10 @@ class Settings(BaseSettings):
         llm_model: ``BACKTALK_LLM_MODEL``; the chat model.
         llm_max_tokens: ``BACKTALK_LLM_MAX_TOKENS``; cap on one spoken answer, tokens.
         openai_embedding_model: ``BACKTALK_OPENAI_EMBEDDING_MODEL``.
-        stt_model: ``BACKTALK_STT_MODEL``; Deepgram listen model.
+        stt_service: ``BACKTALK_STT_SERVICE``; ``deepgram`` (Nova, with Backtalk's turn
+            detection) or ``deepgram_flux`` (Flux with eager end-of-turn: turn
+            detection by Deepgram, retrieval on the eager turn).
+        stt_model: ``BACKTALK_STT_MODEL``; Deepgram Nova listen model.
         stt_language: ``BACKTALK_STT_LANGUAGE``; BCP-47 code for speech recognition.
         tts_voice: ``BACKTALK_TTS_VOICE``; Deepgram Aura voice.
         transcript_languages: ``BACKTALK_TRANSCRIPT_LANGUAGES``; YouTube caption
@@ -116,6 +119,7 @@ class Settings(BaseSettings):
     llm_model: str = "gpt-4o-mini"
     llm_max_tokens: int = 400
     openai_embedding_model: str = "text-embedding-3-small"
+    stt_service: Literal["deepgram", "deepgram_flux"] = "deepgram"
     stt_model: str = "nova-3-general"
     stt_language: str = "en"
     tts_voice: str = "aura-2-helena-en"

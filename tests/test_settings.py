@@ -56,3 +56,19 @@ def test_bad_values_are_rejected(monkeypatch):
     monkeypatch.setenv("BACKTALK_RETRIEVAL_TIMEOUT_S", "-1")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_services_are_chosen_by_settings(monkeypatch):
+    from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+
+    from backtalk.agent.services import make_stt, make_turn_strategies
+
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test")
+    assert isinstance(make_stt(Settings()), DeepgramSTTService)
+    assert make_turn_strategies(Settings()) is not None
+    monkeypatch.setenv("BACKTALK_STT_SERVICE", "deepgram_flux")
+    monkeypatch.setenv("BACKTALK_DEEPGRAM_BASE_URL", "ws://127.0.0.1:9")
+    flux = make_stt(Settings())
+    assert isinstance(flux, DeepgramFluxSTTService)
+    assert make_turn_strategies(Settings()) is None  # Flux's own turn detection applies

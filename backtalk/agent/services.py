@@ -11,9 +11,11 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
 from pipecat.turns.user_start import (
     MinWordsUserTurnStartStrategy,
@@ -40,12 +42,23 @@ def _secret(value) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
-def make_stt(settings: Settings) -> DeepgramSTTService:
-    """Deepgram streaming STT (``/v1/listen``) with interim results.
+def make_stt(settings: Settings) -> STTService:
+    """Deepgram streaming STT with interim results.
 
-    ``BACKTALK_DEEPGRAM_BASE_URL`` (e.g. ``ws://127.0.0.1:8080``) replaces Deepgram's
-    endpoint.
+    ``stt_service == "deepgram"``: Nova (``/v1/listen``); Backtalk's own turn
+    strategies decide when the user is done. ``"deepgram_flux"``: Flux
+    (``/v2/listen``) with eager end-of-turn, so the RAG processor retrieves on the
+    speculative turn and drops it if the user resumes; Flux then also decides turn
+    ends (its recommended strategies apply). ``BACKTALK_DEEPGRAM_BASE_URL`` (e.g.
+    ``ws://127.0.0.1:8080``) replaces Deepgram's endpoint for both.
     """
+    if settings.stt_service == "deepgram_flux":
+        base = (settings.deepgram_base_url or "wss://api.deepgram.com").rstrip("/")
+        return DeepgramFluxSTTService(
+            api_key=_secret(settings.deepgram_api_key),
+            url=f"{base}/v2/listen",
+            enable_eager_end_of_turn=True,
+        )
     return DeepgramSTTService(
         api_key=_secret(settings.deepgram_api_key),
         base_url=settings.deepgram_base_url or "",
@@ -104,7 +117,7 @@ def make_vad(settings: Settings) -> SileroVADAnalyzer:
     )
 
 
-def make_turn_strategies(settings: Settings) -> UserTurnStrategies:
+def make_turn_strategies(settings: Settings) -> UserTurnStrategies | None:
     """When a user turn starts (barge-in) and when it ends.
 
     Start: with ``interruption_min_words`` ≤ 1, VAD speech or a transcription, both
@@ -118,6 +131,8 @@ def make_turn_strategies(settings: Settings) -> UserTurnStrategies:
     ``smart_turn_stop_secs`` of silence; ``speech_timeout`` — a fixed
     ``turn_speech_timeout_s`` of silence.
     """
+    if settings.stt_service == "deepgram_flux":
+        return None  # Flux detects turns itself and recommends its own strategies
     if settings.turn_stop_strategy == "speech_timeout":
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=settings.turn_speech_timeout_s)
     else:
