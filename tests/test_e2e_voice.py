@@ -454,14 +454,29 @@ async def test_user_barges_in_while_the_bot_is_speaking(
         barge_onset_at, barge_stopped_at = barge_started + onset, barge_started + end
 
         # The barge-in is then answered as a normal turn.
-        request = await wait_until(
-            lambda: next(
-                (r for r in fake_openai.chat_requests if "local minima" in last_user_text(r)),
-                None,
-            ),
-            TURN_TIMEOUT_S,
-            "the request answering the barge-in",
-        )
+        try:
+            request = await wait_until(
+                lambda: next(
+                    (r for r in fake_openai.chat_requests if "local minima" in last_user_text(r)),
+                    None,
+                ),
+                TURN_TIMEOUT_S,
+                "the request answering the barge-in",
+            )
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nrequests' last user messages: "
+                f"{[last_user_text(r) for r in fake_openai.chat_requests]}\n"
+                f"recogniser: pending {fake_deepgram.pending_transcripts}, "
+                f"unscripted {fake_deepgram.unscripted_utterances}, "
+                f"control {[m.get('type') for m in fake_deepgram.listen_control]}\n"
+                f"timeline: {timeline(s, barge_onset_at)}\n"
+                "(If a request ends with 'Wait, stop.' and a second user turn follows, the "
+                "turn was ended before the final transcript of the last utterance arrived: "
+                "TurnAnalyzerUserTurnStopStrategy counts the earlier utterance's text as the "
+                "turn's transcript once DeepgramSTTService's ttfs_p99_latency (0.35 s after "
+                "the speech ended) has passed, and the late transcript is then lost.)"
+            ) from None
         answer_at = await wait_until(
             lambda: s.output.first_audible_at(since=barge_stopped_at),
             TURN_TIMEOUT_S,

@@ -59,6 +59,18 @@ async def test_a_leak_split_across_sentences_and_tokens_is_caught():
     assert guard.blocked == 1
 
 
+async def test_text_is_held_back_by_fewer_words_than_a_leak_needs():
+    guard = PromptLeakGuard(["alpha beta gamma delta epsilon zeta eta theta iota kappa"])
+    reply = "One two three four five six seven eight nine ten. Eleven twelve."
+    down, _ = await run_test(
+        guard,
+        frames_to_send=[LLMFullResponseStartFrame(), *tokens(reply, 4)],
+    )
+    released = spoken(down)
+    assert released.startswith("One two three")  # released before the reply ended
+    assert len(reply.split()) - len(released.split()) <= 7
+
+
 async def test_interruption_discards_held_text():
     guard = PromptLeakGuard(["never say this secret sentence about the hidden rules ok"])
     down, _ = await run_test(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from backtalk.store import (
     make_embedder,
     open_store,
 )
+
+#: Seconds the pre-conversation retrieval warm-up may take.
+WARM_UP_TIMEOUT_S = 3.0
 
 __all__ = ["AgentResources", "Conversation", "TalkSession", "greeting", "run_conversation"]
 
@@ -149,7 +153,11 @@ async def build_conversation(
     """Assemble one conversation on ``transport`` (see :func:`run_conversation`)."""
     settings = resources.settings
     retriever = resources.retriever(session)
-    await retriever.warm_up()
+    try:
+        # Bounded: a slow embeddings endpoint must not hold up the greeting.
+        await asyncio.wait_for(retriever.warm_up(), timeout=WARM_UP_TIMEOUT_S)
+    except Exception as exc:  # the first turn will pay for it, or report the failure
+        logger.warning(f"Retrieval warm-up did not complete ({type(exc).__name__})")
     videos = [(v.title, v.duration_s) for v in session.videos]
 
     def instruction_for(persona: str) -> str:

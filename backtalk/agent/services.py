@@ -38,6 +38,15 @@ __all__ = ["make_llm", "make_stt", "make_tts", "make_turn_strategies", "make_vad
 LLM_RETRY_TIMEOUT_S = 5.0
 
 
+#: How long, seconds after the user's speech ends, the turn may wait for the final
+#: transcript. Pipecat's default for Deepgram (0.35 s) is close to Nova's median
+#: finalisation time (~0.25 s): when a turn has two utterances and the second one's
+#: final arrives later than that, the turn ends with only the first one's text and the
+#: user's last sentence is dropped (seen in the barge-in tests with a 0.25 s fake
+#: finalisation). 1.0 s only matters when the final is late; it costs nothing otherwise.
+STT_FINAL_WAIT_S = 1.0
+
+
 def _secret(value) -> str:
     return value.get_secret_value() if value is not None else ""
 
@@ -62,6 +71,7 @@ def make_stt(settings: Settings) -> STTService:
     return DeepgramSTTService(
         api_key=_secret(settings.deepgram_api_key),
         base_url=settings.deepgram_base_url or "",
+        ttfs_p99_latency=STT_FINAL_WAIT_S,
         settings=DeepgramSTTService.Settings(
             model=settings.stt_model,
             language=Language(settings.stt_language),
