@@ -595,3 +595,56 @@ async def test_turn_is_answered_when_retrieval_times_out(
     assert "<excerpt" not in rag
     assert request["messages"][-1] == {"role": "user", "content": Q1_TEXT}
     assert any("look that up" in t for t in fake_deepgram.spoken_texts)
+
+
+# -- 4. backchannels do not cut the bot off ---------------------------------------------
+
+BACKCHANNELS = [
+    (AUDIO / "backchannel_yeah.wav", "Yeah."),
+    (AUDIO / "backchannel_mmhm.wav", "Mm-hm."),
+    (AUDIO / "backchannel_right.wav", "Right."),
+]
+
+
+@pytest.mark.parametrize(
+    "min_words", [pytest.param(2, id="default-min-words-2"), pytest.param(1, id="vad-min-words-1")]
+)
+async def test_backchannels_while_the_bot_speaks_do_not_interrupt_it(
+    min_words: int,
+    monkeypatch,
+    services_env,
+    fake_openai: FakeOpenAI,
+    fake_deepgram: FakeDeepgram,
+    store: Store,
+):
+    # With the default (2 words), "yeah", "mm-hm", "right" leave the bot talking; with
+    # VAD interruptions (1) the same audio cuts it off: the setting is what protects it.
+    if min_words != 2:
+        monkeypatch.setenv("BACKTALK_INTERRUPTION_MIN_WORDS", str(min_words))
+    fake_openai.reply = scripted_model
+    fake_openai.token_interval_s = 0.05
+    ingest_lecture()
+    settings = Settings()
+    assert settings.interruption_min_words == min_words
+    async with running_conversation(settings, store) as s:
+        await wait_greeted(s, fake_deepgram)
+        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
+        await wait_until(lambda: s.output.first_audible_at(since=q2_stopped_at), TURN_TIMEOUT_S)
+        requests_before = len(fake_openai.chat_requests)
+        first_said_at = None
+        for wav, text in BACKCHANNELS:  # "yeah", "mm-hm", "right" while it talks
+            if not s.output.bot_speaking:
+                break
+            said = await s.ask(fake_deepgram, wav, text)
+            first_said_at = first_said_at or said - 1.0
+            await s.transport.silence(0.6)
+        await wait_until(lambda: not s.output.bot_speaking, 30, "the answer to end")
+        interrupted = s.turns.first("InterruptionFrame", first_said_at) is not None
+    if min_words == 2:
+        # The whole answer was spoken: no Clear, no cancelled stream, no new turn.
+        assert not interrupted
+        assert fake_deepgram.clears == 0 and fake_openai.cancelled_streams == 0
+        assert len(fake_openai.chat_requests) == requests_before
+        assert LONG_ANSWER.split(". ")[-1].strip(" .") in " ".join(fake_deepgram.spoken_texts)
+    else:
+        assert interrupted
