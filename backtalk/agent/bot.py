@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from backtalk.store import (
     VideoInfo,
     make_async_engine,
     make_embedder,
+    make_retrieval_engine,
     open_store,
 )
 
@@ -80,13 +82,15 @@ class AgentResources:
     Parameters:
         settings: The settings.
         store: The library (synchronous engine, for set-up work).
-        engine: Asyncio engine for retrieval and recording.
+        engine: Asyncio engine for recording conversations.
+        retrieval_engine: Asyncio engine for the per-turn search (autocommit, no ping).
         embedder: The store's embedder (loaded once; WordLlama takes ~0.4 s).
     """
 
     settings: Settings
     store: Store
     engine: AsyncEngine
+    retrieval_engine: AsyncEngine
     embedder: Embedder
 
     @classmethod
@@ -110,18 +114,26 @@ class AgentResources:
             openai_model=settings.openai_embedding_model,
         )
         store.check_embedder(embedder.model, embedder.dimensions)
-        engine = make_async_engine(store.engine.url, pool_timeout_s=settings.retrieval_timeout_s)
-        return cls(settings=settings, store=store, engine=engine, embedder=embedder)
+        return cls(
+            settings=settings,
+            store=store,
+            engine=make_async_engine(store.engine.url),
+            retrieval_engine=make_retrieval_engine(
+                store.engine.url, pool_timeout_s=settings.retrieval_timeout_s
+            ),
+            embedder=embedder,
+        )
 
     def retriever(self, session: TalkSession) -> PgVectorRetriever:
         """A retriever scoped to the session's videos."""
         return PgVectorRetriever(
-            self.engine, self.embedder, video_ids=[v.id for v in session.videos]
+            self.retrieval_engine, self.embedder, video_ids=[v.id for v in session.videos]
         )
 
     async def close(self) -> None:
         """Close pooled database connections."""
         await self.engine.dispose()
+        await self.retrieval_engine.dispose()
 
 
 @dataclass
@@ -251,6 +263,9 @@ async def run_conversation(
         await runner.run()
     finally:
         await conversation.recorder.finish()
+        # A finished conversation's frames and services form reference cycles; without
+        # a collection RSS grows ~8 MB per conversation (benchmarks/concurrency.py).
+        gc.collect()
         rag = conversation.stages.rag
         if rag is not None:
             stats = rag.stats

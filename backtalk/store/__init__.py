@@ -8,6 +8,7 @@ from backtalk.store.embedders import OpenAIEmbedder as OpenAIEmbedder
 from backtalk.store.embedders import make_embedder as make_embedder
 from backtalk.store.engine import make_async_engine as make_async_engine
 from backtalk.store.engine import make_engine as make_engine
+from backtalk.store.engine import make_retrieval_engine as make_retrieval_engine
 from backtalk.store.engine import migrate as migrate
 from backtalk.store.engine import resolve_url as resolve_url
 from backtalk.store.repo import ChunkRow as ChunkRow
@@ -28,6 +29,7 @@ __all__ = [
     "make_async_engine",
     "make_embedder",
     "make_engine",
+    "make_retrieval_engine",
     "migrate",
     "open_store",
     "resolve_url",

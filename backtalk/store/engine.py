@@ -16,7 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backtalk.errors import StoreError
 
-__all__ = ["embedded_url", "make_async_engine", "make_engine", "migrate", "resolve_url"]
+__all__ = [
+    "embedded_url",
+    "make_async_engine",
+    "make_engine",
+    "make_retrieval_engine",
+    "migrate",
+    "resolve_url",
+]
 
 logger = logging.getLogger("backtalk.store")
 
@@ -98,6 +105,35 @@ def make_async_engine(url: URL, *, pool_timeout_s: float = 0.5, pool_size: int =
     return create_async_engine(
         url,
         pool_pre_ping=True,
+        pool_timeout=pool_timeout_s,
+        pool_size=pool_size,
+        connect_args=_CONNECT_ARGS,
+    )
+
+
+def make_retrieval_engine(
+    url: URL, *, pool_timeout_s: float = 0.5, pool_size: int = 5
+) -> AsyncEngine:
+    """An asyncio engine tuned for the one read-only search each turn makes.
+
+    :func:`make_async_engine` pings each connection on checkout, opens a transaction
+    and rolls it back on return: four round trips to Postgres for one SELECT. Here the
+    connection runs in autocommit with no ping and no reset, so a search is one round
+    trip (measured 2.16 → 1.27 ms per retrieval on the embedded server,
+    ``benchmarks/VOICE.md``). A connection that died is detected by the query itself:
+    that turn goes on without retrieved context, and SQLAlchemy replaces the pool's
+    connections for the next one.
+
+    Args:
+        url: From :func:`resolve_url`.
+        pool_timeout_s: Seconds to wait for a pooled connection (≈ the retrieval budget).
+        pool_size: Connections kept open.
+    """
+    return create_async_engine(
+        url,
+        pool_pre_ping=False,
+        pool_reset_on_return=None,
+        isolation_level="AUTOCOMMIT",
         pool_timeout=pool_timeout_s,
         pool_size=pool_size,
         connect_args=_CONNECT_ARGS,
