@@ -391,7 +391,6 @@ def talk(
     ] = False,
 ) -> None:
     """Talk with a video: ingest it if needed, then start the voice agent."""
-    from backtalk.agent.bot import AgentResources, TalkSession
     from backtalk.prompts import personas
 
     settings = _settings()
@@ -424,6 +423,8 @@ def talk(
             keys += [k for k in members if k not in keys]
         if not keys:
             raise UsageError(f"Collection {collection!r} has no videos.")
+        from backtalk.agent.bot import AgentResources, TalkSession  # imports Pipecat: ~1 s
+
         session = TalkSession(videos=_find(store, keys), persona=persona)
         resources = AgentResources.open(settings, store)
         if transport is Transport.daily:
