@@ -216,9 +216,10 @@ def _ingest_one(
         return IngestOutcome(source, "unchanged", title, len(chunks))
     texts = [c.text for c in chunks]
     parts = []
-    for start in range(0, len(texts), EMBED_BATCH):
+    batch = getattr(embedder, "max_batch", EMBED_BATCH)
+    for start in range(0, len(texts), batch):
         report("embed", start, len(texts))
-        parts.append(embedder.embed(texts[start : start + EMBED_BATCH]))
+        parts.append(embedder.embed(texts[start : start + batch]))
     report("embed", len(texts), len(texts))
     embeddings = np.concatenate(parts)
     duration = max(c.end_s for c in chunks)

@@ -54,9 +54,10 @@ def clean_text(raw: str) -> str:
     Returns:
         Plain single-line text; empty if the line carried no speech.
     """
-    text = html.unescape(raw)
+    text = html.unescape(raw) if "&" in raw else raw
     text = _TAG.sub("", text)
     text = _SOUND_CUE.sub(" ", text)
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if _visible(ch))
+    if not (text.isascii() and text.isprintable()):  # plain ASCII needs neither step
+        text = unicodedata.normalize("NFKC", text)
+        text = "".join(ch for ch in text if _visible(ch))
     return _SPACE.sub(" ", text).strip()

@@ -156,6 +156,8 @@ class OpenAIEmbedder:
     ):
         import openai  # imported on use: the local embedder needs none of it
 
+        #: Texts the ingest job may send per request (one round trip instead of 8).
+        self.max_batch = OPENAI_MAX_BATCH
         self.model = model
         self.dimensions = dimensions
         self._client = openai.OpenAI(

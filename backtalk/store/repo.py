@@ -163,7 +163,7 @@ class Store:
         if info is not None and info != (model, dimensions):
             raise EmbedderMismatchError(info[0], info[1], model, dimensions)
 
-    def _bind_embedder(self, conn: Connection, model: str, dimensions: int) -> None:
+    def _bind_embedder(self, conn: Connection, model: str, dimensions: int) -> bool:
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('backtalk:embedder'))"))
         meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).all())
         if _META_MODEL in meta:
@@ -171,17 +171,13 @@ class Store:
                 raise EmbedderMismatchError(
                     meta[_META_MODEL], int(meta[_META_DIMENSIONS]), model, dimensions
                 )
-            return
-        # First ingest: fix the vector dimension and build the HNSW index (cosine).
+            return False
+        # First ingest: fix the vector dimension. The caller builds the HNSW index
+        # (cosine) *after* inserting the first video: one build over N rows is 5-12x
+        # faster than N inserts into an empty graph (benchmarks/results/ingest.md).
         conn.execute(text("DELETE FROM video_chunks"))
         conn.execute(
             text(f"ALTER TABLE video_chunks ALTER COLUMN embedding TYPE vector({int(dimensions)})")
-        )
-        conn.execute(
-            text(
-                "CREATE INDEX IF NOT EXISTS video_chunks_embedding_hnsw ON video_chunks "
-                "USING hnsw (embedding vector_cosine_ops)"
-            )
         )
         conn.execute(
             insert(StoreMeta),
@@ -190,6 +186,7 @@ class Store:
                 {"key": _META_DIMENSIONS, "value": str(dimensions)},
             ],
         )
+        return True
 
     # -- videos ----------------------------------------------------------------------
 
@@ -237,7 +234,7 @@ class Store:
         }
         try:
             with self.engine.begin() as conn:
-                self._bind_embedder(conn, embedding_model, int(embeddings.shape[1]))
+                first = self._bind_embedder(conn, embedding_model, int(embeddings.shape[1]))
                 conn.execute(
                     text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"video:{video.key}"}
                 )
@@ -262,6 +259,13 @@ class Store:
                             }
                             for i, chunk in enumerate(chunks)
                         ],
+                    )
+                if first:
+                    conn.execute(
+                        text(
+                            "CREATE INDEX IF NOT EXISTS video_chunks_embedding_hnsw "
+                            "ON video_chunks USING hnsw (embedding vector_cosine_ops)"
+                        )
                     )
         except EmbedderMismatchError:
             raise
