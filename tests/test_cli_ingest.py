@@ -227,7 +227,7 @@ def test_talk_daily_without_room_or_key_needs_daily_key(db_env, monkeypatch):
 
 
 def test_secrets_never_appear_in_output(db_env, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-LEAKCHECK-0123456789abcdef")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-LEAKCHECK")
     monkeypatch.setenv("DATABASE_URL", db_env)
     result = invoke("talk", LECTURE_JSON, "--transport", "daily")
     assert "LEAKCHECK" not in result.output
