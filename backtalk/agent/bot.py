@@ -269,7 +269,14 @@ async def run_conversation(
         rag = conversation.stages.rag
         if rag is not None:
             stats = rag.stats
+            speculation = getattr(rag.retriever, "stats", None)  # a SpeculativeRetriever
+            hits = (
+                f", speculative retrieval {speculation.ready_hits} ready / {speculation.hits} "
+                f"hits / {speculation.misses} misses"
+                if speculation is not None
+                else ""
+            )
             logger.info(
                 f"Conversation {conversation.recorder.conversation_id} ended: {stats.turns} "
-                f"turns, {stats.timeouts} retrieval timeouts, {stats.failures} failures"
+                f"turns, {stats.timeouts} retrieval timeouts, {stats.failures} failures{hits}"
             )

@@ -220,6 +220,11 @@ class RAGContextProcessor(FrameProcessor):
         self._register_event_handler("on_context_injected")
         self._register_event_handler("on_retrieval_failed")
 
+    @property
+    def retriever(self) -> Retriever:
+        """The retriever this processor searches."""
+        return self._retriever
+
     def can_generate_metrics(self) -> bool:
         """Retrieval time is reported as processing metrics."""
         return True
