@@ -27,7 +27,7 @@ from backtalk.errors import BacktalkError, InvalidVideoIdError, UsageError, Vide
 from backtalk.ingest import IngestReport, Source, ingest_sources, parse_source
 from backtalk.ingest.youtube import YouTubeProxy
 from backtalk.processors.retrieval import format_timestamp, youtube_link
-from backtalk.store import Store, VideoInfo, make_embedder, open_store
+from backtalk.store import Store, VideoInfo, embedder_for, library_for
 
 __all__ = ["app", "main"]
 
@@ -84,21 +84,7 @@ def _settings() -> Settings:
 def _store(settings: Settings) -> Store:
     if settings.database_url is None:
         err.print(f"[dim]Using the embedded Postgres in {settings.embedded_store_dir}[/]")
-    return open_store(
-        settings.database_url.get_secret_value() if settings.database_url else None,
-        settings.data_dir,
-    )
-
-
-def _embedder(settings: Settings):
-    return make_embedder(
-        settings.embedder,
-        openai_api_key=settings.openai_api_key.get_secret_value()
-        if settings.openai_api_key
-        else None,
-        openai_base_url=settings.openai_base_url,
-        openai_model=settings.openai_embedding_model,
-    )
+    return library_for(settings)
 
 
 def _parse_sources(
@@ -124,13 +110,10 @@ def _parse_sources(
 
 
 def _proxy(settings: Settings) -> YouTubeProxy:
-    def value(secret):
-        return secret.get_secret_value() if secret else None
-
     return YouTubeProxy(
-        url=value(settings.youtube_proxy_url),
-        webshare_username=value(settings.webshare_proxy_username),
-        webshare_password=value(settings.webshare_proxy_password),
+        url=settings.secret("youtube_proxy_url"),
+        webshare_username=settings.secret("webshare_proxy_username"),
+        webshare_password=settings.secret("webshare_proxy_password"),
     )
 
 
@@ -159,7 +142,7 @@ def _run_ingest(
         report = ingest_sources(
             sources,
             store=store,
-            embedder=_embedder(settings),
+            embedder=embedder_for(settings),
             languages=languages or settings.transcript_languages,
             proxy=_proxy(settings),
             chunk_target_s=settings.chunk_target_s,
@@ -310,7 +293,7 @@ def search(
     settings = _settings()
     with _user_errors():
         store = _store(settings)
-        embedder = _embedder(settings)
+        embedder = embedder_for(settings)
         store.check_embedder(embedder.model, embedder.dimensions)
         scope = [v.id for v in _find(store, video)] if video else None
         hits = store.search(embedder.embed([query])[0], k=k, video_ids=scope)
@@ -350,7 +333,7 @@ def eval_(
     with _user_errors():
         cases = [case for path in qa_files for case in load_qa(path)]
         store = _store(settings)
-        embedder = _embedder(settings)
+        embedder = embedder_for(settings)
         store.check_embedder(embedder.model, embedder.dimensions)
         min_score = floor if floor is not None else settings.min_score
         report = evaluate(store, embedder, cases, k=k, query_turns=query_turns, min_score=min_score)

@@ -201,6 +201,11 @@ class Settings(BaseSettings):
         if missing:
             raise MissingKeysError(missing)
 
+    def secret(self, name: str) -> str | None:
+        """The plain value of secret setting ``name`` (e.g. ``"openai_api_key"``), or None."""
+        value = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
+
     @property
     def min_score(self) -> float | None:
         """The similarity floor in effect.

@@ -1,5 +1,6 @@
-"""A plain Pipecat bot that answers from your Backtalk library — Backtalk's RAG processor
-embedded in someone else's pipeline.
+"""A plain Pipecat bot that answers from your Backtalk library.
+
+Backtalk's RAG processor, embedded in someone else's pipeline.
 
 Nothing from ``backtalk.agent`` is used: this is an ordinary Pipecat cascade bot
 (transport → STT → user aggregator → LLM → TTS → output → assistant aggregator) with
@@ -43,19 +44,17 @@ SYSTEM_PROMPT = (
 
 
 def library_retriever() -> Retriever:
-    """A retriever over the whole Backtalk library (``DATABASE_URL`` or the embedded store)."""
-    from backtalk.store import LocalEmbedder, PgVectorRetriever, make_async_engine, resolve_url
+    """A retriever over the whole Backtalk library.
 
-    url = resolve_url(os.getenv("DATABASE_URL"), _data_dir())
-    return PgVectorRetriever(make_async_engine(url), LocalEmbedder())
+    The database (``DATABASE_URL`` or the embedded store) and the embedder are the ones
+    Backtalk's settings name.
+    """
+    from backtalk.config import Settings
+    from backtalk.store import PgVectorRetriever, embedder_for, make_retrieval_engine, resolve_url
 
-
-def _data_dir():
-    from pathlib import Path
-
-    import platformdirs
-
-    return Path(os.getenv("BACKTALK_DATA_DIR") or platformdirs.user_data_dir("backtalk"))
+    settings = Settings()
+    url = resolve_url(settings.secret("database_url"), settings.data_dir)
+    return PgVectorRetriever(make_retrieval_engine(url), embedder_for(settings))
 
 
 def build_pipeline(transport: BaseTransport, retriever: Retriever) -> tuple[Pipeline, LLMContext]:

@@ -27,10 +27,10 @@ from backtalk.store import (
     PgVectorRetriever,
     Store,
     VideoInfo,
+    embedder_for,
+    library_for,
     make_async_engine,
-    make_embedder,
     make_retrieval_engine,
-    open_store,
 )
 
 #: Seconds the pre-conversation retrieval warm-up may take.
@@ -101,18 +101,8 @@ class AgentResources:
             StoreError: the database cannot be reached.
             EmbedderMismatchError: ``BACKTALK_EMBEDDER`` differs from the library's.
         """
-        store = store or open_store(
-            settings.database_url.get_secret_value() if settings.database_url else None,
-            settings.data_dir,
-        )
-        embedder = make_embedder(
-            settings.embedder,
-            openai_api_key=(
-                settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-            ),
-            openai_base_url=settings.openai_base_url,
-            openai_model=settings.openai_embedding_model,
-        )
+        store = store or library_for(settings)
+        embedder = embedder_for(settings)
         store.check_embedder(embedder.model, embedder.dimensions)
         return cls(
             settings=settings,

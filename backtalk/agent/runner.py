@@ -136,7 +136,7 @@ async def run_daily(
         assert settings.daily_api_key is not None  # checked by Settings.require_keys
         async with aiohttp.ClientSession() as http:
             room = await configure(
-                http, api_key=settings.daily_api_key.get_secret_value(), room_exp_duration=1.0
+                http, api_key=settings.secret("daily_api_key"), room_exp_duration=1.0
             )
         room_url, token = room.room_url, room.token
     print(f"Join the conversation in your browser: {room_url}", flush=True)

@@ -47,10 +47,6 @@ LLM_RETRY_TIMEOUT_S = 5.0
 STT_FINAL_WAIT_S = 1.0
 
 
-def _secret(value) -> str:
-    return value.get_secret_value() if value is not None else ""
-
-
 def make_stt(settings: Settings) -> STTService:
     """Deepgram streaming STT with interim results.
 
@@ -64,12 +60,12 @@ def make_stt(settings: Settings) -> STTService:
     if settings.stt_service == "deepgram_flux":
         base = (settings.deepgram_base_url or "wss://api.deepgram.com").rstrip("/")
         return DeepgramFluxSTTService(
-            api_key=_secret(settings.deepgram_api_key),
+            api_key=settings.secret("deepgram_api_key") or "",
             url=f"{base}/v2/listen",
             enable_eager_end_of_turn=True,
         )
     return DeepgramSTTService(
-        api_key=_secret(settings.deepgram_api_key),
+        api_key=settings.secret("deepgram_api_key") or "",
         base_url=settings.deepgram_base_url or "",
         ttfs_p99_latency=STT_FINAL_WAIT_S,
         settings=DeepgramSTTService.Settings(
@@ -90,7 +86,7 @@ def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
         system_instruction: The persona and grounding rules.
     """
     return OpenAILLMService(
-        api_key=_secret(settings.openai_api_key),
+        api_key=settings.secret("openai_api_key") or "",
         base_url=settings.openai_base_url,
         settings=OpenAILLMService.Settings(
             model=settings.llm_model,
@@ -109,7 +105,7 @@ def make_tts(settings: Settings) -> DeepgramTTSService:
     """
     kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
     return DeepgramTTSService(
-        api_key=_secret(settings.deepgram_api_key),
+        api_key=settings.secret("deepgram_api_key") or "",
         settings=DeepgramTTSService.Settings(voice=settings.tts_voice),
         text_transforms=[("*", strip_citations)],
         **kwargs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from backtalk.config import Settings
 from backtalk.store.embedders import Embedder as Embedder
 from backtalk.store.embedders import LocalEmbedder as LocalEmbedder
 from backtalk.store.embedders import OpenAIEmbedder as OpenAIEmbedder
@@ -19,6 +20,8 @@ from backtalk.store.retriever import PgVectorRetriever as PgVectorRetriever
 
 __all__ = [
     "ChunkRow",
+    "embedder_for",
+    "library_for",
     "Embedder",
     "LocalEmbedder",
     "OpenAIEmbedder",
@@ -34,6 +37,29 @@ __all__ = [
     "open_store",
     "resolve_url",
 ]
+
+
+def library_for(settings: Settings) -> Store:
+    """The library the settings name: ``DATABASE_URL``, or the embedded Postgres.
+
+    Raises:
+        StoreError: the database cannot be reached or migrated.
+    """
+    return open_store(settings.secret("database_url"), settings.data_dir)
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    """The embedder ``BACKTALK_EMBEDDER`` names, configured from the settings.
+
+    Raises:
+        ConfigError: unknown embedder, or ``openai`` without a key.
+    """
+    return make_embedder(
+        settings.embedder,
+        openai_api_key=settings.secret("openai_api_key"),
+        openai_base_url=settings.openai_base_url,
+        openai_model=settings.openai_embedding_model,
+    )
 
 
 def open_store(database_url: str | None, data_dir) -> Store:

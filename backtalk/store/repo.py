@@ -273,8 +273,12 @@ class Store:
             raise StoreError(f"Could not store {video.key}: {type(exc).__name__}.") from exc
         return video_id
 
-    def list_videos(self) -> list[VideoInfo]:
-        """All videos, oldest ingest first, with their chunk counts."""
+    def list_videos(self, keys: Sequence[str] | None = None) -> list[VideoInfo]:
+        """Videos, oldest ingest first, with their chunk counts.
+
+        Args:
+            keys: Only these keys; None for the whole library.
+        """
         counts = (
             select(VideoChunk.video_id, func.count().label("n"))
             .group_by(VideoChunk.video_id)
@@ -285,6 +289,8 @@ class Store:
             .outerjoin(counts, counts.c.video_id == Video.id)
             .order_by(Video.ingested_at, Video.id)
         )
+        if keys is not None:
+            stmt = stmt.where(Video.key.in_(list(keys)))
         with Session(self.engine) as session:
             rows = session.execute(stmt).all()
         return [
@@ -311,8 +317,7 @@ class Store:
         Returns:
             ``{key: VideoInfo}`` for the keys that exist.
         """
-        wanted = set(keys)
-        return {v.key: v for v in self.list_videos() if v.key in wanted}
+        return {v.key: v for v in self.list_videos(keys)}
 
     def remove_video(self, key: str) -> bool:
         """Delete a video and its chunks. Returns False if it was not there."""
