@@ -160,7 +160,9 @@ def _run_ingest(
                 else "YouTube is blocking requests; not tried."
             )
             err.print(f"[red]✗ {name}[/] {prefix}: {detail}", highlight=False)
-        elif outcome.status != "present":
+        elif outcome.status == "present":
+            out.print(f"[dim]• {name} is already in the library[/]", highlight=False)
+        else:
             out.print(
                 f"[green]✓ {name}[/] {outcome.status}: {outcome.title} ({outcome.chunks} chunks)",
                 highlight=False,
