@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -428,6 +429,9 @@ def main() -> None:
     # it for a lock folder and falls back to /tmp correctly): not the user's concern.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM (docker stop, systemd, `timeout`) must end the process like Ctrl-C does, so
+    # that exit handlers run and the embedded Postgres is stopped, not left running.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     app(prog_name="backtalk")
 
 
