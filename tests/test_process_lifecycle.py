@@ -72,3 +72,7 @@ def test_sigterm_stops_the_agent_and_its_embedded_postgres(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         out.join()
         err.join()
+        if embedded_postgres_running(data_dir):  # don't leave a server behind on failure
+            import pgserver
+
+            pgserver.get_server(data_dir / "pg", cleanup_mode="stop").cleanup()
