@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import time
@@ -141,6 +142,33 @@ class FastRetrievalEngine:
 
 
 PROTOTYPES = {"defer-recorder": DeferRecorder, "fast-retrieval-engine": FastRetrievalEngine}
+
+#: Backtalk's own processors on the answer's path; ``--baseline`` runs without them.
+BACKTALK_STAGES = ("speculation", "rag", "guard", "citations")
+
+
+@contextlib.contextmanager
+def without_stages(names: tuple[str, ...]):
+    """Build conversations without the named stages (the Pipecat-only baseline).
+
+    Wraps ``backtalk.agent.bot.build_stages`` for the duration: the same services,
+    aggregators, VAD, turn strategies, recorder and transport, minus ``names``. What
+    the baseline's overhead leaves out of the default's is what those stages cost.
+    """
+    import backtalk.agent.bot as bot
+
+    original = bot.build_stages
+
+    def build(*args, **kwargs):
+        stages = original(*args, **kwargs)
+        stages.stages = [(n, p) for n, p in stages.stages if n not in names]
+        return stages
+
+    bot.build_stages = build
+    try:
+        yield
+    finally:
+        bot.build_stages = original
 
 
 async def run_turns(
@@ -456,6 +484,12 @@ def main() -> None:
         help="also run with BACKTALK_SPECULATIVE_RETRIEVAL=false",
     )
     p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run without Backtalk's processors (speculation, RAG, guard, citations): "
+        "the Pipecat-only overhead on the same machine",
+    )
+    p.add_argument(
         "--ab",
         choices=sorted(PROTOTYPES),
         help="A/B a prototype patch: alternate cycles of 5 turns with it off/on",
@@ -483,24 +517,27 @@ def main() -> None:
     t_start = time.perf_counter()
     info = machine_info()
     runs: list[dict] = []
-    variants: list[tuple[str, dict[str, str]]] = [
-        (f"default run {i + 1}", {}) for i in range(1 if args.quick else args.runs)
+    variants: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
+        (f"default run {i + 1}", {}, ()) for i in range(1 if args.quick else args.runs)
     ]
     if args.no_speculation:
-        variants.append(("speculation off", {"BACKTALK_SPECULATIVE_RETRIEVAL": "false"}))
+        variants.append(("speculation off", {"BACKTALK_SPECULATIVE_RETRIEVAL": "false"}, ()))
+    if args.baseline:
+        variants.append(("Pipecat only (baseline)", {}, BACKTALK_STAGES))
     with voice_world(delays) as world:
         add_pg_info(info, world)
-        for label, env in variants:
+        for label, env, dropped in variants:
             log(f"== {label}: {n} turns")
-            turns, extra = asyncio.run(
-                run_turns(
-                    world,
-                    n,
-                    env=env,
-                    profile="turn_latency_profile" if args.profile else None,
-                    ab=args.ab,
+            with without_stages(dropped):
+                turns, extra = asyncio.run(
+                    run_turns(
+                        world,
+                        n,
+                        env=env,
+                        profile="turn_latency_profile" if args.profile else None,
+                        ab=args.ab,
+                    )
                 )
-            )
             stop_secs = settings(**env).vad_stop_secs
             summary = summarize(turns, delays, stop_secs)
             recs = []
@@ -509,7 +546,14 @@ def main() -> None:
                 d["_overhead"] = t.overhead_s(delays["llm_ttft_s"], delays["tts_first_audio_s"])
                 recs.append(d)
             runs.append(
-                {"label": label, "env": env, "summary": summary, "info": extra, "turns": recs}
+                {
+                    "label": label,
+                    "env": env,
+                    "without": list(dropped),
+                    "summary": summary,
+                    "info": extra,
+                    "turns": recs,
+                }
             )
             if args.ab:
                 for flag, sub in ((False, "A (as shipped)"), (True, f"B ({args.ab})")):

@@ -31,6 +31,7 @@ import pytest
 from conftest import AUDIO, TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
 from pipecat.frames.frames import (
+    InputAudioRawFrame,
     InterruptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -201,6 +202,18 @@ class TurnEvents(BaseObserver):
         return next((t for t, n in self.events if n == name and t >= after), None)
 
 
+class MicrophoneAudioReach(BaseObserver):
+    """Records which processors the user's audio frames are pushed to (every push)."""
+
+    def __init__(self):
+        super().__init__(observe_every_push=True)
+        self.receivers: set[str] = set()
+
+    async def on_push_frame(self, data: FramePushed):
+        if isinstance(data.frame, InputAudioRawFrame):
+            self.receivers.add(data.destination.name.split("#")[0])
+
+
 @dataclass
 class Session:
     """A running conversation and its edges."""
@@ -243,7 +256,9 @@ def timeline(s: Session, since: float) -> list[tuple[float, str]]:
 
 
 @contextlib.asynccontextmanager
-async def running_conversation(settings: Settings, store: Store) -> AsyncIterator[Session]:
+async def running_conversation(
+    settings: Settings, store: Store, observers: list[BaseObserver] | None = None
+) -> AsyncIterator[Session]:
     """Build the real conversation on a loopback transport, run it, connect a client;
     afterwards disconnect, and check that nothing is left running."""
     resources = AgentResources.open(settings)
@@ -256,7 +271,7 @@ async def running_conversation(settings: Settings, store: Store) -> AsyncIterato
             TalkSession(videos=store.list_videos()),
             resources,
             transport_name="test",
-            observers=[turns],
+            observers=[turns, *(observers or [])],
             idle_timeout_secs=None,
         )
         runner = WorkerRunner(handle_sigint=False)
@@ -327,8 +342,9 @@ async def test_spoken_question_is_answered_from_the_transcript(
     answer = "The speaker says to start small, around zero point zero one, about four minutes in."
     fake_openai.reply = answer
     ingest_lecture()
+    audio_reach = MicrophoneAudioReach()
 
-    async with running_conversation(Settings(), store) as s:
+    async with running_conversation(Settings(), store, [audio_reach]) as s:
         greeting = await wait_greeted(s, fake_deepgram)
 
         # q1 sounds unfinished to smart-turn, so the turn ends after its 3 s stop_secs.
@@ -375,6 +391,20 @@ async def test_spoken_question_is_answered_from_the_transcript(
     # The answer was spoken.
     assert any("zero point zero one" in t for t in fake_deepgram.spoken_texts)
     assert s.output.audible_bytes(since=user_stopped_at) > 0
+
+    # The microphone's audio reached the STT and the user aggregator (VAD, turn model)
+    # and went no further: 50 frames a second through the rest of the pipeline (and
+    # every observer at each hop) would be CPU spent per conversation for nothing.
+    assert {"DeepgramSTTService", "LLMUserAggregator"} <= audio_reach.receivers
+    assert not audio_reach.receivers & {
+        "RAGContextProcessor",
+        "DirectBodyOpenAILLMService",
+        "PromptLeakGuard",
+        "CitationProcessor",
+        "DeepgramTTSService",
+        "LoopbackOutputTransport",
+        "LLMAssistantAggregator",
+    }, audio_reach.receivers
 
     # And the conversation was recorded.
     assert [c[0] for c in store.conversations()] == [conversation_id]

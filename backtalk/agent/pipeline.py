@@ -3,7 +3,7 @@
 ::
 
     transport.input() → Deepgram STT → speculative retrieval tap
-      → user aggregator (Silero VAD, turn strategies)
+      → user aggregator (Silero VAD, turn strategies) → [microphone audio stops here]
       → RAG context processor → OpenAI LLM → prompt-leak guard → citation processor
       → Deepgram TTS
       → transport.output() → assistant aggregator
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
@@ -26,6 +27,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregator,
     LLMUserAggregatorParams,
 )
+from pipecat.processors.filters.function_filter import FunctionFilter
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import LLMService
 from pipecat.transports.base_transport import BaseTransport
@@ -89,6 +91,24 @@ class BotStages:
         return Pipeline([processor for _, processor in self.stages])
 
 
+async def _not_microphone_audio(frame: Frame) -> bool:
+    return not isinstance(frame, InputAudioRawFrame)
+
+
+def microphone_audio_end() -> FunctionFilter:
+    """A filter that stops the user's audio once the user aggregator has used it.
+
+    Pipecat passes every input audio frame (50 per second per conversation) down the
+    whole pipeline: past the STT (``audio_passthrough``) for the user aggregator's VAD
+    and turn model, and past the aggregator to the RAG processor, LLM, guard,
+    citations, TTS, output transport and assistant aggregator, none of which use it;
+    each hop runs the frame through every observer too. Dropping it after the
+    aggregator saves those hops (``benchmarks/results/concurrency*.md``). Input audio
+    is a system frame, so the filter must be told to filter system frames.
+    """
+    return FunctionFilter(_not_microphone_audio, filter_system_frames=True)
+
+
 def build_stages(
     settings: Settings,
     transport: BaseTransport,
@@ -146,6 +166,7 @@ def build_stages(
             else []
         ),
         ("user", user),
+        ("user_audio_end", microphone_audio_end()),
         *([("rag", rag)] if inject else []),
         ("llm", llm),
         ("guard", PromptLeakGuard(protected_texts())),

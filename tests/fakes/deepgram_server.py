@@ -6,6 +6,11 @@ One server serves both websockets, like ``api.deepgram.com``:
   deepgram-sdk): a *scripted recogniser*. It cannot recognise speech; it detects
   speech by loudness and transcribes each utterance as the next text queued with
   :meth:`FakeDeepgram.queue_transcript`.
+* ``/v2/listen`` (Flux conversational STT, used by ``DeepgramFluxSTTService`` and the
+  deepgram-sdk's ``listen.v2``): the same scripted recogniser, speaking Flux's
+  turn-based protocol (``Connected``, then ``TurnInfo`` messages whose ``event`` is
+  ``StartOfTurn``, ``Update``, ``EagerEndOfTurn``, ``TurnResumed`` or ``EndOfTurn``),
+  following Deepgram's documented Flux state machine; see :class:`_FluxRecogniser`.
 * ``/v1/speak`` (Aura streaming TTS, used by ``DeepgramTTSService``): answers each
   ``Speak`` with a PCM16 sine tone whose length is proportional to the text.
 
@@ -13,6 +18,7 @@ Example::
 
     with FakeDeepgram(transcripts=["what is a learning rate"]) as dg:
         stt = DeepgramSTTService(api_key="dg-test", base_url=dg.base_url)
+        flux = DeepgramFluxSTTService(api_key="dg-test", url=f"{dg.base_url}/v2/listen")
         tts = DeepgramTTSService(api_key="dg-test", base_url=dg.base_url)
 """
 
@@ -24,7 +30,7 @@ import datetime
 import json
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,13 @@ WINDOW_S = 0.02
 DEFAULT_ENDPOINTING_S = 0.8
 #: Speaking rate, in words per second, used to grow interim transcripts.
 WORDS_PER_S = 2.5
+#: Seconds of audio between Flux ``Update`` messages ("approximately every 0.25 seconds
+#: of transcribed audio", https://developers.deepgram.com/docs/flux/state).
+FLUX_UPDATE_S = 0.25
+#: Flux's defaults for ``eot_threshold`` and ``eot_timeout_ms`` (Pipecat's
+#: ``DeepgramFluxSTTSettings`` documents the same values).
+DEFAULT_EOT_THRESHOLD = 0.7
+DEFAULT_EOT_TIMEOUT_MS = 5000
 #: Length, in seconds, of each binary audio message sent by ``/v1/speak``.
 TTS_FRAME_S = 0.04
 #: Frequency (Hz) and amplitude (PCM16 units) of the synthesised tone.
@@ -82,7 +95,8 @@ def _recorded(name: str, doc: str) -> property:
 
 
 class FakeDeepgram(ThreadedAiohttpServer):
-    """Fake Deepgram ``/v1/listen`` and ``/v1/speak`` websockets (a loopback test double).
+    """Fake Deepgram ``/v1/listen``, ``/v2/listen`` and ``/v1/speak`` websockets (a loopback
+    test double).
 
     Runs in a background thread, so it works from sync tests, async tests and
     benchmarks alike. The timing attributes may be changed while it runs.
@@ -96,6 +110,17 @@ class FakeDeepgram(ThreadedAiohttpServer):
         speech_rms_threshold: RMS level (PCM16 units) above which a 20 ms window counts
             as speech.
         interim_every_s: Seconds of audio between interim results during an utterance.
+        flux_eager_eot_delay_s: Flux: seconds of silence after speech before
+            ``EagerEndOfTurn`` (when the client sets ``eager_eot_threshold``); also the
+            pause that ends a segment of speech (see :class:`_FluxRecogniser`).
+        flux_eot_delay_s: Flux: seconds of silence after speech before ``EndOfTurn``.
+
+    The Flux delays are measured from the end of speech, in audio received. Deepgram
+    does not publish one median for either; its Flux quickstart quotes "~260ms
+    end-of-turn detection", and third-party Flux documentation (Telnyx) says an eager
+    end of turn at thresholds 0.3-0.5 saves "~150-250 ms" over waiting for
+    ``EndOfTurn``. The defaults (0.25 s and 0.45 s) put ``EagerEndOfTurn`` 0.2 s
+    before ``EndOfTurn``.
 
     Attributes:
         base_url: ``"ws://127.0.0.1:PORT"``, for ``base_url=`` of both Pipecat services.
@@ -104,7 +129,9 @@ class FakeDeepgram(ThreadedAiohttpServer):
     lock (safe to read from any thread): ``listen_connections``, ``speak_connections``,
     ``listen_queries``, ``listen_control``, ``audio_bytes_received``,
     ``speak_messages``, ``spoken_texts``, ``auth_headers``, ``clears``,
-    ``unscripted_utterances`` and ``pending_transcripts``.
+    ``unscripted_utterances`` and ``pending_transcripts``; for ``/v2/listen``:
+    ``flux_connections``, ``flux_queries``, ``flux_control``, ``flux_sent`` and
+    ``flux_audio_bytes_received``.
     """
 
     def __init__(
@@ -116,6 +143,8 @@ class FakeDeepgram(ThreadedAiohttpServer):
         tts_secs_per_char: float = 0.06,
         speech_rms_threshold: float = 500.0,
         interim_every_s: float = 0.3,
+        flux_eager_eot_delay_s: float = 0.25,
+        flux_eot_delay_s: float = 0.45,
     ) -> None:
         super().__init__()
         self.final_delay_s = final_delay_s
@@ -123,6 +152,8 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self.tts_secs_per_char = tts_secs_per_char
         self.speech_rms_threshold = speech_rms_threshold
         self.interim_every_s = interim_every_s
+        self.flux_eager_eot_delay_s = flux_eager_eot_delay_s
+        self.flux_eot_delay_s = flux_eot_delay_s
         self._transcripts: deque[str] = deque(transcripts)
         self._sockets: set[web.WebSocketResponse] = set()
         self._reset_records()
@@ -138,6 +169,11 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self._auth_headers: list[str] = []
         self._clears = 0
         self._unscripted_utterances = 0
+        self._flux_connections = 0
+        self._flux_queries: list[dict] = []
+        self._flux_control: list[dict] = []
+        self._flux_sent: list[dict] = []
+        self._flux_audio_bytes_received = 0
 
     # -- scripting and recorded state (thread-safe) -------------------------------------
 
@@ -181,6 +217,32 @@ class FakeDeepgram(ThreadedAiohttpServer):
         "Utterances that ended while no transcript was queued (transcribed as '').",
     )
 
+    flux_connections = _recorded("_flux_connections", "Accepted /v2/listen sockets.")
+    flux_queries = _recorded(
+        "_flux_queries",
+        "Query parameters of each /v2/listen connection (a repeated key maps to a list).",
+    )
+    flux_control = _recorded(
+        "_flux_control",
+        "JSON messages received on /v2/listen (CloseStream, Configure, ForceEndTurn, ...).",
+    )
+    flux_sent = _recorded(
+        "_flux_sent",
+        "JSON messages sent on /v2/listen (Connected, TurnInfo, ...), in order, all sockets.",
+    )
+    flux_audio_bytes_received = _recorded(
+        "_flux_audio_bytes_received", "Audio bytes on /v2/listen."
+    )
+
+    def flux_events(self) -> list[tuple[str, str]]:
+        """``(event, transcript)`` of every ``TurnInfo`` sent on ``/v2/listen``, in order,
+        leaving out ``Update``\\ s with an empty transcript (those between turns)."""
+        return [
+            (m["event"], m["transcript"])
+            for m in self.flux_sent
+            if m["type"] == "TurnInfo" and (m["event"] != "Update" or m["transcript"])
+        ]
+
     def _peek_transcript(self) -> str:
         with self._lock:
             return self._transcripts[0] if self._transcripts else ""
@@ -197,6 +259,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
     def _build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/listen", self._listen)
+        app.router.add_get("/v2/listen", self._flux)
         app.router.add_get("/v1/speak", self._speak)
         return app
 
@@ -261,6 +324,56 @@ class FakeDeepgram(ThreadedAiohttpServer):
             self._sockets.discard(ws)
         return ws
 
+    async def _flux(self, request: web.Request) -> web.WebSocketResponse:
+        ws = await self._open(request)
+        query = _query_dict(request)
+        with self._lock:
+            self._flux_connections += 1
+            self._flux_queries.append(query)
+        recogniser = _FluxRecogniser(self, query)
+
+        async def send(messages: list[dict[str, Any]]) -> None:
+            for message in messages:
+                with self._lock:
+                    self._flux_sent.append(message)
+                await _send(ws, message)
+
+        try:
+            await send([recogniser.connected()])
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    with self._lock:
+                        self._flux_audio_bytes_received += len(msg.data)
+                    await send(recogniser.feed(msg.data))
+                    continue
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    control = json.loads(msg.data)
+                    kind = control.get("type") if isinstance(control, dict) else None
+                except json.JSONDecodeError:
+                    control, kind = {"unparsable": msg.data}, None
+                with self._lock:
+                    self._flux_control.append(control)
+                if kind == "CloseStream":
+                    # Flux decodes the audio received, sends its Updates, and closes:
+                    # no EndOfTurn, no metadata (developers.deepgram.com/docs/flux/close-stream).
+                    # (Flux closes without a status code; aiohttp always sends one: 1000.)
+                    await send(recogniser.close_stream())
+                    await ws.close()
+                    break
+                if kind == "Configure":
+                    await send([recogniser.configure(control)])
+                elif kind == "ForceEndTurn":
+                    await send(recogniser.force_end_turn())
+                else:  # e.g. Nova's KeepAlive/Finalize: not part of the Flux protocol
+                    await send([recogniser.error(f"Unknown or unparsable message: {msg.data}")])
+                    await ws.close()
+                    break
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
     async def _speak(self, request: web.Request) -> web.WebSocketResponse:
         ws = await self._open(request)
         with self._lock:
@@ -303,6 +416,36 @@ class FakeDeepgram(ThreadedAiohttpServer):
         return ws
 
 
+class _SpeechWindows:
+    """Cuts a connection's PCM16 audio into 20 ms windows and tells which are speech.
+
+    Shared by both recognisers: a window is speech when its RMS level is above
+    ``speech_rms_threshold``. Time is measured in seconds of audio received, not
+    wall-clock time.
+    """
+
+    def __init__(self, fake: FakeDeepgram, query: dict[str, Any]) -> None:
+        self._fake = fake
+        sample_rate = int(query.get("sample_rate", 16000))
+        channels = int(query.get("channels", 1))
+        self._window_bytes = max(2, round(sample_rate * WINDOW_S)) * 2 * channels
+        self._buffer = bytearray()
+        self.stream_s = 0.0  # audio received on this connection, seconds
+
+    def feed(self, data: bytes) -> Iterator[bool]:
+        """Consume audio; yield, per complete window, whether it is speech.
+
+        ``stream_s`` is already advanced past the window when it is yielded.
+        """
+        self._buffer += data
+        while len(self._buffer) >= self._window_bytes:
+            window = np.frombuffer(self._buffer[: self._window_bytes], dtype="<i2")
+            del self._buffer[: self._window_bytes]
+            self.stream_s += WINDOW_S
+            rms = float(np.sqrt(np.mean(window.astype(np.float64) ** 2)))
+            yield rms > self._fake.speech_rms_threshold
+
+
 class _Recogniser:
     """Per-connection state of the scripted recogniser on ``/v1/listen``.
 
@@ -321,12 +464,12 @@ class _Recogniser:
             if endpointing.isdigit()
             else DEFAULT_ENDPOINTING_S
         )
-        sample_rate = int(query.get("sample_rate", 16000))
-        channels = int(query.get("channels", 1))
-        self._window_bytes = max(2, round(sample_rate * WINDOW_S)) * 2 * channels
-        self._buffer = bytearray()
-        self._stream_s = 0.0  # audio received on this connection
+        self._windows = _SpeechWindows(fake, query)
         self._reset_utterance()
+
+    @property
+    def _stream_s(self) -> float:
+        return self._windows.stream_s
 
     def _reset_utterance(self) -> None:
         self._in_progress = False
@@ -337,14 +480,9 @@ class _Recogniser:
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Consume PCM16 audio; return the results to send."""
-        self._buffer += data
         out = []
-        while len(self._buffer) >= self._window_bytes:
-            window = np.frombuffer(self._buffer[: self._window_bytes], dtype="<i2")
-            del self._buffer[: self._window_bytes]
-            self._stream_s += WINDOW_S
-            rms = float(np.sqrt(np.mean(window.astype(np.float64) ** 2)))
-            if rms > self._fake.speech_rms_threshold:
+        for loud in self._windows.feed(data):
+            if loud:
                 if not self._in_progress:
                     self._reset_utterance()
                     self._in_progress = True
@@ -361,6 +499,7 @@ class _Recogniser:
             elif self._interims and self._since_interim_s >= self._fake.interim_every_s:
                 self._since_interim_s = 0.0
                 words = self._fake._peek_transcript().split()
+                # Words *finished* so far; an interim never holds the whole utterance.
                 n = min(len(words) - 1, int(self._speech_s * WORDS_PER_S))
                 if n > 0:
                     out.append(self._results(" ".join(words[:n]), is_final=False))
@@ -435,6 +574,287 @@ class _Recogniser:
             "channels": 1,
             "models": [_MODEL_UUID],
             "model_info": {_MODEL_UUID: _MODEL_INFO},
+        }
+
+
+class _FluxRecogniser:
+    """Per-connection state of the scripted Flux recogniser on ``/v2/listen``.
+
+    Follows Deepgram's Flux state machine (https://developers.deepgram.com/docs/flux/state)::
+
+        Initial --StartOfTurn--> TurnOngoing --EagerEndOfTurn--> AwaitingEnd
+        AwaitingEnd --TurnResumed--> TurnOngoing;  TurnOngoing|AwaitingEnd --EndOfTurn--> Initial
+
+    * a turn starts (``StartOfTurn``) on the first speech window, with the first word
+      of the queued text: Flux guarantees a non-empty StartOfTurn transcript, so speech
+      with nothing queued starts no turn (it is counted in ``unscripted_utterances``);
+    * ``Update`` every :data:`FLUX_UPDATE_S` of audio, in and between turns (empty
+      transcript), unless a state change was sent meanwhile; during speech its
+      transcript grows at :data:`WORDS_PER_S` (a prefix of the queued text, never the
+      whole of it);
+    * a pause of ``flux_eager_eot_delay_s`` ends a *segment* of speech, which takes
+      the next queued text; with ``eager_eot_threshold`` set, ``EagerEndOfTurn`` is
+      sent then, with the turn's whole transcript;
+    * speech after an ``EagerEndOfTurn`` sends ``TurnResumed`` and continues the turn:
+      its next segment takes the next queued text, and the turn's transcript is the
+      segments' texts joined by spaces;
+    * a pause of ``flux_eot_delay_s`` (or ``eot_timeout_ms``, if shorter) sends
+      ``EndOfTurn`` with the same transcript as the ``EagerEndOfTurn`` before it, and
+      ``turn_index`` increments; ``eot_threshold`` ≥ 1 suppresses this natural end
+      (only the timeout or ``ForceEndTurn`` end the turn then).
+
+    Time is measured in seconds of audio received, not wall-clock time.
+    """
+
+    def __init__(self, fake: FakeDeepgram, query: dict[str, Any]) -> None:
+        self._fake = fake
+        self._request_id = str(uuid.uuid4())
+        self._sequence_id = 0
+        self._model = str(query.get("model", "flux-general-en"))
+        hints = query.get("language_hint", [])
+        self._language_hints = [hints] if isinstance(hints, str) else list(hints)
+        keyterms = query.get("keyterm", [])
+        self._keyterms = [keyterms] if isinstance(keyterms, str) else list(keyterms)
+        eager = query.get("eager_eot_threshold")
+        self.eager_eot_threshold: float | None = float(eager) if eager is not None else None
+        self.eot_threshold = float(query.get("eot_threshold", DEFAULT_EOT_THRESHOLD))
+        self.eot_timeout_ms = int(query.get("eot_timeout_ms", DEFAULT_EOT_TIMEOUT_MS))
+        self._windows = _SpeechWindows(fake, query)
+        self._turn_index = 0
+        self._turn_start_s = 0.0  # audio_window_start: where the turn's audio began
+        self._last_end_s = 0.0  # audio_window_end of the last TurnInfo sent
+        self._since_update_s = 0.0
+        self._new_turn()
+
+    @property
+    def _stream_s(self) -> float:
+        return self._windows.stream_s
+
+    def _new_turn(self) -> None:
+        self._state = "Initial"  # or "TurnOngoing", "AwaitingEnd"
+        self._segments: list[tuple[str, float, float]] = []  # (text, start_s, end_s)
+        self._speaking = False  # a segment is open (speech, no long pause since)
+        self._segment_start_s = 0.0
+        self._speech_s = 0.0  # speech in the open segment
+        self._silence_s = 0.0  # since the last speech window
+
+    # -- timing -------------------------------------------------------------------------
+
+    def _delays(self) -> tuple[float, float, str]:
+        """(pause ending a segment, pause ending the turn, EndOfTurn trigger)."""
+        timeout_s = self.eot_timeout_ms / 1000
+        model_s = self._fake.flux_eot_delay_s if self.eot_threshold < 1.0 else float("inf")
+        eot_s, trigger = (model_s, "model") if model_s <= timeout_s else (timeout_s, "timeout")
+        return min(self._fake.flux_eager_eot_delay_s, eot_s), eot_s, trigger
+
+    def _confidence(self) -> float:
+        """``end_of_turn_confidence``: low while speaking, rising with the pause so
+        that it crosses ``eager_eot_threshold`` at the eager delay and
+        ``eot_threshold`` at the end-of-turn delay."""
+        if self._state == "Initial" and not self._speaking:
+            return 0.01
+        eager_s, eot_s = self._fake.flux_eager_eot_delay_s, self._fake.flux_eot_delay_s
+        eot = min(self.eot_threshold, 0.99)
+        eager = min(self.eager_eot_threshold or eot / 2, eot)
+        s = self._silence_s
+        if s <= eager_s:
+            value = 0.01 + (eager - 0.01) * s / max(eager_s, 1e-9)
+        elif s <= eot_s:
+            value = eager + (eot - eager) * (s - eager_s) / max(eot_s - eager_s, 1e-9)
+        else:
+            value = eot
+        return round(min(max(value, 0.01), 0.99), 3)
+
+    # -- transcript ---------------------------------------------------------------------
+
+    def _open_segment_words(self) -> list[str]:
+        """Words heard so far of the open segment: words *begun* at WORDS_PER_S (so
+        the first comes with the first speech), never the whole text unless it is
+        one word."""
+        words = self._fake._peek_transcript().split()
+        n = min(max(1, len(words) - 1), int(self._speech_s * WORDS_PER_S) + 1)
+        return words[:n]
+
+    def _words(self) -> list[dict[str, Any]]:
+        out = []
+        segments = list(self._segments)
+        if self._speaking:
+            text = " ".join(self._open_segment_words())
+            segments.append((text, self._segment_start_s, self._stream_s))
+        for text, start, end in segments:
+            words = text.split()
+            step = (end - start) / len(words) if words else 0.0
+            out += [
+                {
+                    "word": w,
+                    "confidence": 0.99,
+                    "start": round(start + i * step, 3),
+                    "end": round(start + (i + 1) * step, 3),
+                }
+                for i, w in enumerate(words)
+            ]
+        return out
+
+    def _turn_info(self, event: str, **extra: Any) -> dict[str, Any]:
+        words = self._words()
+        self._last_end_s = self._stream_s
+        self._since_update_s = 0.0
+        message = {
+            "type": "TurnInfo",
+            "request_id": self._request_id,
+            "sequence_id": self._next_sequence_id(),
+            "event": event,
+            "turn_index": self._turn_index,
+            "audio_window_start": round(self._turn_start_s, 3),
+            "audio_window_end": round(self._stream_s, 3),
+            "transcript": " ".join(w["word"] for w in words),
+            "words": words,
+            "end_of_turn_confidence": self._confidence(),
+            **extra,
+        }
+        if self._model == "flux-general-multi":
+            message["languages"] = ["en"] if words else []
+            if self._language_hints:
+                message["languages_hinted"] = self._language_hints
+        return message
+
+    def _next_sequence_id(self) -> int:
+        sequence_id, self._sequence_id = self._sequence_id, self._sequence_id + 1
+        return sequence_id
+
+    # -- events -------------------------------------------------------------------------
+
+    def connected(self) -> dict[str, Any]:
+        """The first message of every connection."""
+        return {
+            "type": "Connected",
+            "request_id": self._request_id,
+            "sequence_id": self._next_sequence_id(),
+        }
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Consume PCM16 audio; return the messages to send."""
+        out: list[dict[str, Any]] = []
+        for loud in self._windows.feed(data):
+            self._since_update_s += WINDOW_S
+            sent = len(out)
+            if loud:
+                self._on_speech(out)
+            else:
+                self._on_silence(out)
+            if len(out) == sent and self._since_update_s >= FLUX_UPDATE_S - 1e-9:
+                out.append(self._turn_info("Update"))
+        return out
+
+    def _on_speech(self, out: list[dict[str, Any]]) -> None:
+        if self._state == "AwaitingEnd":
+            self._state = "TurnOngoing"
+            out.append(self._turn_info("TurnResumed"))
+        if not self._speaking:
+            self._speaking = True
+            self._segment_start_s = self._stream_s - WINDOW_S
+            self._speech_s = 0.0
+        self._speech_s += WINDOW_S
+        self._silence_s = 0.0
+        if self._state == "Initial" and self._open_segment_words():
+            self._state = "TurnOngoing"
+            out.append(self._turn_info("StartOfTurn"))
+
+    def _on_silence(self, out: list[dict[str, Any]]) -> None:
+        if not self._speaking and self._state == "Initial":
+            return
+        self._silence_s += WINDOW_S
+        segment_pause_s, eot_s, trigger = self._delays()
+        if self._speaking and self._silence_s >= segment_pause_s - 1e-9:
+            self._close_segment()
+            if self._state == "Initial" and self._segments:  # queued after speech began
+                self._state = "TurnOngoing"
+                out.append(self._turn_info("StartOfTurn"))
+            if self._state == "Initial":
+                return  # speech without words: no turn
+            if (
+                self.eager_eot_threshold is not None
+                and self._state == "TurnOngoing"
+                and self._silence_s < eot_s - 1e-9
+            ):
+                self._state = "AwaitingEnd"
+                out.append(self._turn_info("EagerEndOfTurn"))
+        if self._state != "Initial" and not self._speaking and self._silence_s >= eot_s - 1e-9:
+            out.append(self._end_of_turn(trigger))
+
+    def _close_segment(self) -> None:
+        """The open segment ends: it takes the next queued text."""
+        self._speaking = False
+        text = self._fake._pop_transcript()
+        end_s = self._stream_s - self._silence_s
+        if text:
+            self._segments.append((text, self._segment_start_s, end_s))
+
+    def _end_of_turn(self, trigger: str) -> dict[str, Any]:
+        message = self._turn_info("EndOfTurn", trigger=trigger)
+        self._turn_index += 1
+        self._turn_start_s = self._stream_s
+        self._new_turn()
+        return message
+
+    # -- control messages ---------------------------------------------------------------
+
+    def force_end_turn(self) -> list[dict[str, Any]]:
+        """``ForceEndTurn``: end the turn now on what was heard (nothing if none)."""
+        if self._speaking:
+            self._close_segment()
+        if self._state == "Initial" and not self._segments:
+            self._new_turn()
+            return []
+        out = []
+        if self._state == "Initial":
+            out.append(self._turn_info("StartOfTurn"))
+        out.append(self._end_of_turn("manual"))
+        return out
+
+    def configure(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``Configure``: apply new thresholds/keyterms; answer ``ConfigureSuccess``."""
+        thresholds = message.get("thresholds") or {}
+        if "eager_eot_threshold" in thresholds:
+            value = thresholds["eager_eot_threshold"]
+            self.eager_eot_threshold = float(value) if value is not None else None
+        if thresholds.get("eot_threshold") is not None:
+            self.eot_threshold = float(thresholds["eot_threshold"])
+        if thresholds.get("eot_timeout_ms") is not None:
+            self.eot_timeout_ms = int(thresholds["eot_timeout_ms"])
+        if "keyterms" in message:
+            self._keyterms = list(message["keyterms"] or [])
+        reply: dict[str, Any] = {
+            "type": "ConfigureSuccess",
+            "request_id": self._request_id,
+            "sequence_id": self._next_sequence_id(),
+            "thresholds": {
+                "eager_eot_threshold": self.eager_eot_threshold,
+                "eot_threshold": self.eot_threshold,
+                "eot_timeout_ms": self.eot_timeout_ms,
+            },
+            "keyterms": self._keyterms,
+        }
+        if "numerals" in message:
+            reply["numerals"] = message["numerals"]
+        if "language_hints" in message:
+            self._language_hints = list(message["language_hints"] or [])
+            reply["language_hints"] = self._language_hints
+        return reply
+
+    def close_stream(self) -> list[dict[str, Any]]:
+        """``CloseStream``: an ``Update`` for audio not yet reported; no EndOfTurn."""
+        if self._stream_s > self._last_end_s + 1e-9:
+            return [self._turn_info("Update")]
+        return []
+
+    def error(self, description: str) -> dict[str, Any]:
+        """The fatal ``Error`` sent before closing on a message Flux cannot parse."""
+        return {
+            "type": "Error",
+            "sequence_id": self._next_sequence_id(),
+            "code": "UNPARSABLE_CLIENT_MESSAGE",
+            "description": description,
         }
 
 

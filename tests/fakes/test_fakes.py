@@ -16,15 +16,26 @@ import numpy as np
 import openai
 import pytest
 import websockets
+from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+from deepgram.listen.v2.types import (
+    ListenV2ConfigureSuccess,
+    ListenV2Connected,
+    ListenV2FatalError,
+    ListenV2TurnInfo,
+)
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
+    EagerEndOfTurnCancelFrame,
+    EagerTranscriptionFrame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
     LLMContextFrame,
     LLMMessagesAppendFrame,
     LLMTextFrame,
+    ProposedUserStartedSpeakingFrame,
+    ProposedUserStoppedSpeakingFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
@@ -35,6 +46,7 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.services.openai.llm import OpenAILLMService
@@ -275,6 +287,302 @@ async def test_websockets_require_authorization(fake_deepgram):
         async with websockets.connect(f"{fake_deepgram.base_url}/v1/speak"):
             pass
     assert err.value.response.status_code == 401
+
+
+# -- Deepgram: Flux STT (/v2/listen) ----------------------------------------------------
+
+#: The SDK's model of each message Flux sends, by ``type``.
+FLUX_MESSAGE_MODELS = {
+    "Connected": ListenV2Connected,
+    "TurnInfo": ListenV2TurnInfo,
+    "ConfigureSuccess": ListenV2ConfigureSuccess,
+    "Error": ListenV2FatalError,
+}
+
+
+def assert_valid_flux_messages(messages: list[dict]) -> None:
+    """Each message (all from one connection) validates against the deepgram SDK's own
+    pydantic type, and ``sequence_id`` counts the connection's messages from 0."""
+    assert messages and messages[0]["type"] == "Connected"
+    for i, message in enumerate(messages):
+        FLUX_MESSAGE_MODELS[message["type"]].model_validate(message)
+        assert message["sequence_id"] == i
+        if message["type"] == "TurnInfo":
+            assert ("trigger" in message) == (message["event"] == "EndOfTurn")
+            assert message["transcript"] == " ".join(w["word"] for w in message["words"])
+
+
+def split_speech(pcm: bytes, rate: int, pause_s: float) -> tuple[bytes, bytes]:
+    """The fixture question cut in two at its middle, with ``pause_s`` of silence
+    appended to the first part."""
+    cut = len(pcm) // 4 * 2
+    return pcm[:cut] + bytes(int(rate * pause_s) * 2), pcm[cut:]
+
+
+def flux_client(fake: FakeDeepgram) -> AsyncDeepgramClient:
+    """The deepgram SDK's async client, pointed at the fake."""
+    environment = DeepgramClientEnvironment(
+        base=fake.base_url.replace("ws://", "http://"),
+        production=fake.base_url,
+        agent=fake.base_url,
+        agent_rest=fake.base_url.replace("ws://", "http://"),
+    )
+    return AsyncDeepgramClient(api_key="dg-test", environment=environment)
+
+
+async def flux_session(fake: FakeDeepgram, audio: bytes, rate: int, **params) -> list:
+    """Stream ``audio`` with the SDK's ``listen.v2`` in 80 ms chunks (Deepgram's
+    recommendation for Flux), close the stream, and return every parsed message."""
+    received = []
+    async with flux_client(fake).listen.v2.connect(
+        model="flux-general-en", encoding="linear16", sample_rate=rate, **params
+    ) as socket:
+        for chunk in chunks(audio, rate, secs=0.08):
+            await socket.send_media(chunk)
+        await socket.send_close_stream()
+        async for message in socket:
+            received.append(message)
+    return received
+
+
+def events(messages: list) -> list[tuple[str, str]]:
+    """(event, transcript) of TurnInfo messages, without empty Updates."""
+    return [
+        (m.event, m.transcript)
+        for m in messages
+        if isinstance(m, ListenV2TurnInfo) and (m.event != "Update" or m.transcript)
+    ]
+
+
+def collapse_updates(seq: list[tuple[str, str]]) -> list[str]:
+    """Event names, with runs of Updates shown once."""
+    out: list[str] = []
+    for name, _ in seq:
+        if not (name == "Update" and out and out[-1] == "Update"):
+            out.append(name)
+    return out
+
+
+async def test_flux_stt_service_eager_end_of_turn(fake_deepgram):
+    pcm, rate = load_speech()
+    fake_deepgram.queue_transcript(SPEECH_TEXT)
+    stt = DeepgramFluxSTTService(
+        api_key="dg-test",
+        url=f"{fake_deepgram.base_url}/v2/listen",
+        sample_rate=rate,
+        enable_eager_end_of_turn=True,
+    )
+    audio = [InputAudioRawFrame(c, rate, 1) for c in chunks(pcm + bytes(rate * 2), rate)]
+
+    down, _ = await run_test(stt, frames_to_send=[*audio, SleepFrame(0.5)])
+
+    # The fake's side: StartOfTurn -> Updates -> EagerEndOfTurn -> EndOfTurn, one turn.
+    sent = fake_deepgram.flux_events()
+    assert collapse_updates(sent) == ["StartOfTurn", "Update", "EagerEndOfTurn", "EndOfTurn"]
+    assert sent[-2:] == [("EagerEndOfTurn", SPEECH_TEXT), ("EndOfTurn", SPEECH_TEXT)]
+    assert all(SPEECH_TEXT.startswith(t) and t != SPEECH_TEXT for e, t in sent[:-2])
+    turn_infos = [m for m in fake_deepgram.flux_sent if m["type"] == "TurnInfo"]
+    end = next(m for m in turn_infos if m["event"] == "EndOfTurn")
+    assert end["trigger"] == "model" and end["turn_index"] == 0
+    assert end["end_of_turn_confidence"] >= 0.7
+    assert turn_infos[-1]["turn_index"] == 1  # the Updates after it belong to turn 1
+    assert_valid_flux_messages(fake_deepgram.flux_sent)
+    query = fake_deepgram.flux_queries[0]
+    assert query["model"] == "flux-general-en" and query["encoding"] == "linear16"
+    assert query["sample_rate"] == str(rate) and float(query["eager_eot_threshold"]) == 0.5
+    assert fake_deepgram.auth_headers == ["Token dg-test"]
+    assert fake_deepgram.pending_transcripts == []
+
+    # Pipecat's side: interims, the eager transcript, then the final one, in order.
+    kinds = (
+        ProposedUserStartedSpeakingFrame,
+        InterimTranscriptionFrame,
+        EagerTranscriptionFrame,
+        TranscriptionFrame,
+        ProposedUserStoppedSpeakingFrame,
+    )
+    seen = [f for f in down if isinstance(f, kinds)]
+    assert isinstance(seen[0], ProposedUserStartedSpeakingFrame)
+    assert [type(f) for f in seen[-3:]] == [
+        EagerTranscriptionFrame,
+        TranscriptionFrame,
+        ProposedUserStoppedSpeakingFrame,
+    ]
+    assert seen[-3].text == seen[-2].text == SPEECH_TEXT
+    interims = [f.text for f in seen if isinstance(f, InterimTranscriptionFrame)]
+    assert interims and all(SPEECH_TEXT.startswith(t) for t in interims)
+    assert not any(isinstance(f, EagerEndOfTurnCancelFrame) for f in down)
+
+    # Pipecat closed the stream the Flux way when the pipeline ended.
+    for _ in range(50):
+        if {"type": "CloseStream"} in fake_deepgram.flux_control:
+            break
+        await asyncio.sleep(0.02)
+    assert fake_deepgram.flux_control == [{"type": "CloseStream"}]
+    assert fake_deepgram.flux_audio_bytes_received == len(pcm) + rate * 2  # + 1 s of silence
+
+
+async def test_flux_sdk_without_eager_threshold_has_no_eager_events(fake_deepgram):
+    pcm, rate = load_speech()
+    fake_deepgram.queue_transcript(SPEECH_TEXT)
+    fake_deepgram.queue_transcript("Thanks.")
+    silence = bytes(rate * 2)  # 1 s
+
+    messages = await flux_session(fake_deepgram, silence + pcm + silence + pcm + silence, rate)
+
+    assert isinstance(messages[0], ListenV2Connected)
+    seq = events(messages)
+    assert collapse_updates(seq) == ["StartOfTurn", "Update", "EndOfTurn"] * 2
+    ends = [m for m in messages if isinstance(m, ListenV2TurnInfo) and m.event == "EndOfTurn"]
+    assert [(m.transcript, m.turn_index, m.trigger) for m in ends] == [
+        (SPEECH_TEXT, 0, "model"),
+        ("Thanks.", 1, "model"),
+    ]
+    assert [w.word for w in ends[0].words] == SPEECH_TEXT.split()
+    # Updates are sent between turns too (empty), every ~0.25 s of audio, and each
+    # turn's audio window starts where the previous turn ended.
+    turn_infos = [m for m in messages if isinstance(m, ListenV2TurnInfo)]
+    assert turn_infos[0].event == "Update" and turn_infos[0].transcript == ""
+    assert turn_infos[0].audio_window_end == pytest.approx(0.25, abs=0.03)
+    second = [m for m in turn_infos if m.turn_index == 1]
+    assert all(m.audio_window_start == ends[0].audio_window_end for m in second)
+    assert max(m.audio_window_end for m in turn_infos) == pytest.approx(
+        (len(pcm) * 2 + len(silence) * 3) / 2 / rate, abs=0.03
+    )
+    assert_valid_flux_messages(fake_deepgram.flux_sent)
+    # CloseStream ends the stream without an EndOfTurn or any metadata.
+    assert isinstance(messages[-1], ListenV2TurnInfo) and messages[-1].event == "Update"
+
+
+async def test_flux_turn_resumed_after_eager_end_of_turn():
+    # The user pauses mid-question for 0.35 s: longer than the eager delay, shorter
+    # than the end-of-turn delay. Each stretch of speech takes the next queued text.
+    pcm, rate = load_speech()
+    first, second = split_speech(pcm, rate, pause_s=0.35)
+    part1, part2 = "What does the speaker say", "about choosing the learning rate?"
+    with FakeDeepgram(transcripts=[part1, part2]) as fake:
+        messages = await flux_session(
+            fake, first + second + bytes(rate * 2), rate, eager_eot_threshold=0.5
+        )
+        sent = fake.flux_sent
+
+    seq = events(messages)
+    assert collapse_updates(seq) == [
+        "StartOfTurn",
+        "Update",
+        "EagerEndOfTurn",
+        "TurnResumed",
+        "Update",
+        "EagerEndOfTurn",
+        "EndOfTurn",
+    ]
+    named = [(e, t) for e, t in seq if e != "Update"]
+    assert named[1:] == [
+        ("EagerEndOfTurn", part1),
+        ("TurnResumed", part1),
+        ("EagerEndOfTurn", SPEECH_TEXT),
+        ("EndOfTurn", SPEECH_TEXT),
+    ]
+    # The transcript only grows, and the whole turn keeps one turn_index.
+    texts = [t for _, t in seq]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+    turn = [m for m in messages if isinstance(m, ListenV2TurnInfo) and m.transcript]
+    assert {m.turn_index for m in turn} == {0}
+    assert_valid_flux_messages(sent)
+
+
+async def test_flux_turn_resumed_through_pipecat():
+    pcm, rate = load_speech()
+    first, second = split_speech(pcm, rate, pause_s=0.35)
+    part1, part2 = "What does the speaker say", "about choosing the learning rate?"
+    with FakeDeepgram(transcripts=[part1, part2]) as fake:
+        stt = DeepgramFluxSTTService(
+            api_key="dg-test",
+            url=f"{fake.base_url}/v2/listen",
+            sample_rate=rate,
+            enable_eager_end_of_turn=True,
+        )
+        audio = [InputAudioRawFrame(c, rate, 1) for c in chunks(first + second, rate)]
+        silence = [InputAudioRawFrame(c, rate, 1) for c in chunks(bytes(rate * 2), rate)]
+        down, _ = await run_test(stt, frames_to_send=[*audio, *silence, SleepFrame(0.5)])
+
+    kinds = (EagerTranscriptionFrame, EagerEndOfTurnCancelFrame, TranscriptionFrame)
+    seen = [(type(f).__name__, getattr(f, "text", None)) for f in down if isinstance(f, kinds)]
+    assert seen == [
+        ("EagerTranscriptionFrame", part1),
+        ("EagerEndOfTurnCancelFrame", None),
+        ("EagerTranscriptionFrame", SPEECH_TEXT),
+        ("TranscriptionFrame", SPEECH_TEXT),
+    ]
+
+
+async def test_flux_control_messages(fake_deepgram):
+    pcm, rate = load_speech()
+    query = f"model=flux-general-en&encoding=linear16&sample_rate={rate}&eot_timeout_ms=300"
+    headers = {"Authorization": "Token dg-test"}
+    fake_deepgram.queue_transcript(SPEECH_TEXT)
+    fake_deepgram.queue_transcript("Hello.")
+
+    async def recv(ws) -> dict:
+        while True:  # skip Updates
+            message = json.loads(await asyncio.wait_for(ws.recv(), 2))
+            if message.get("event") != "Update":
+                return message
+
+    url = f"{fake_deepgram.base_url}/v2/listen?{query}"
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        assert json.loads(await ws.recv())["type"] == "Connected"
+        # eot_timeout_ms (300) is shorter than the model's delay (0.45 s): it ends the turn.
+        await ws.send(pcm + bytes(rate))
+        assert (await recv(ws))["event"] == "StartOfTurn"
+        end = await recv(ws)
+        assert (end["event"], end["trigger"], end["transcript"]) == (
+            "EndOfTurn",
+            "timeout",
+            SPEECH_TEXT,
+        )
+        assert end["end_of_turn_confidence"] < 0.7
+
+        # Configure answers with the thresholds now in force.
+        thresholds = {"eager_eot_threshold": 0.4, "eot_timeout_ms": 5000}
+        await ws.send(json.dumps({"type": "Configure", "thresholds": thresholds}))
+        ack = await recv(ws)
+        assert ack["type"] == "ConfigureSuccess"
+        assert ack["thresholds"] == {**thresholds, "eot_threshold": 0.7}
+
+        # ForceEndTurn ends a turn at once, on what was heard so far.
+        await ws.send(pcm[: rate * 2])  # 1 s of speech, no pause
+        assert (await recv(ws))["event"] == "StartOfTurn"
+        await ws.send(json.dumps({"type": "ForceEndTurn"}))
+        forced = await recv(ws)
+        assert (forced["event"], forced["trigger"], forced["transcript"]) == (
+            "EndOfTurn",
+            "manual",
+            "Hello.",
+        )
+        assert forced["turn_index"] == 1
+
+        # Nova's KeepAlive is not part of Flux: a fatal error, and the socket closes.
+        await ws.send(json.dumps({"type": "KeepAlive"}))
+        error = await recv(ws)
+        assert (error["type"], error["code"]) == ("Error", "UNPARSABLE_CLIENT_MESSAGE")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 2)
+
+    assert [m["type"] for m in fake_deepgram.flux_control] == [
+        "Configure",
+        "ForceEndTurn",
+        "KeepAlive",
+    ]
+    assert_valid_flux_messages(fake_deepgram.flux_sent)
+    assert fake_deepgram.pending_transcripts == [] and fake_deepgram.unscripted_utterances == 0
+
+
+async def test_flux_speech_without_a_queued_transcript_starts_no_turn(fake_deepgram):
+    pcm, rate = load_speech()
+    messages = await flux_session(fake_deepgram, pcm + bytes(rate * 2), rate)
+    assert events(messages) == []  # Flux's StartOfTurn always carries words
+    assert fake_deepgram.unscripted_utterances == 1
 
 
 # -- Deepgram: TTS ----------------------------------------------------------------------
