@@ -24,6 +24,9 @@ import test_e2e_voice
 from conftest import AUDIO
 from fakes import FakeDeepgram, FakeOpenAI
 from test_e2e_voice import (
+    BARGE_IN_BOUND_S,
+    BARGE_IN_PARTS,
+    BARGE_IN_WAV,
     LEARNING_RATE_SPAN,
     Q1_TEXT,
     Q1_WAV,
@@ -269,15 +272,6 @@ async def test_flux_turn_resumed_does_not_answer_the_partial_turn(
 # -- 3. a backchannel while the bot speaks -----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Product gap: in Flux mode make_turn_strategies() returns None, so Flux's "
-        "recommended EagerUserTurnStrategies apply and every StartOfTurn interrupts the bot; "
-        "BACKTALK_INTERRUPTION_MIN_WORDS (MinWordsUserTurnStartStrategy) is not used, and "
-        "'Yeah.' cuts the answer off and is answered as a new turn."
-    ),
-)
 async def test_flux_backchannel_does_not_interrupt_the_bot(
     flux_env: Settings, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
@@ -309,3 +303,56 @@ async def test_flux_backchannel_does_not_interrupt_the_bot(
     assert not interrupted
     assert fake_deepgram.clears == 0 and fake_openai.cancelled_streams == 0
     assert len(fake_openai.chat_requests) == requests_before
+
+
+# -- 4. a real barge-in while the bot speaks ----------------------------------------------
+
+
+async def test_flux_user_barges_in_while_the_bot_is_speaking(
+    flux_env: Settings, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
+):
+    """ "Wait, stop. Go back to..." over the answer stops the bot and is answered.
+
+    While the bot speaks, Flux's ``StartOfTurn`` alone does not start a turn (so that a
+    backchannel does not); the interim transcript reaching two words does.
+    """
+    fake_openai.reply = scripted_model  # a long answer about momentum
+    fake_openai.token_interval_s = 0.05
+    ingest_lecture()
+    async with running_conversation(flux_env, store) as s:
+        await wait_greeted(s, fake_deepgram)
+        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
+        await wait_until(
+            lambda: s.output.first_audible_at(since=q2_stopped_at), TURN_TIMEOUT_S, "the answer"
+        )
+        assert s.output.bot_speaking
+
+        (onset, _), *_, (_, end) = speech_bursts(BARGE_IN_WAV)
+        for part in BARGE_IN_PARTS:
+            fake_deepgram.queue_transcript(part)
+        started = await s.transport.play(BARGE_IN_WAV)
+        onset_at, barge_stopped_at = started + onset, started + end
+
+        await wait_until(
+            lambda: any("local minima" in last_user_text(r) for r in fake_openai.chat_requests),
+            TURN_TIMEOUT_S,
+            "the request answering the barge-in",
+        )
+        await wait_until(
+            lambda: s.output.first_audible_at(since=barge_stopped_at),
+            TURN_TIMEOUT_S,
+            "the barge-in answer's audio",
+        )
+        await wait_until(lambda: not s.output.bot_speaking, 15, "the answer to end")
+
+    # The bot went quiet soon after the user began talking over it.
+    stopped_at = next(
+        (t for t, e in s.output.speaking_events if e == "stopped" and t >= onset_at), None
+    )
+    assert stopped_at is not None
+    assert stopped_at - onset_at < BARGE_IN_BOUND_S[2], stopped_at - onset_at
+    assert s.turns.first("InterruptionFrame", after=onset_at) is not None
+    # The momentum answer's stream and speech were abandoned; the barge-in was answered.
+    assert fake_openai.cancelled_streams >= 1
+    assert fake_deepgram.clears >= 1
+    assert "local minima are rarer" in " ".join(fake_deepgram.spoken_texts)

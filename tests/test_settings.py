@@ -71,4 +71,6 @@ def test_services_are_chosen_by_settings(monkeypatch):
     monkeypatch.setenv("BACKTALK_DEEPGRAM_BASE_URL", "ws://127.0.0.1:9")
     flux = make_stt(Settings())
     assert isinstance(flux, DeepgramFluxSTTService)
-    assert make_turn_strategies(Settings()) is None  # Flux's own turn detection applies
+    # Flux's own turn events end turns (no local turn model is loaded).
+    strategies = make_turn_strategies(Settings())
+    assert [type(s).__name__ for s in strategies.stop] == ["EagerUserTurnStopStrategy"]

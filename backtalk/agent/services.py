@@ -11,13 +11,21 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    ProposedUserStartedSpeakingFrame,
+)
 from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
+from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start import (
+    ExternalUserTurnStartStrategy,
     MinWordsUserTurnStartStrategy,
     TranscriptionUserTurnStartStrategy,
     VADUserTurnStartStrategy,
@@ -26,7 +34,7 @@ from pipecat.turns.user_stop import (
     SpeechTimeoutUserTurnStopStrategy,
     TurnAnalyzerUserTurnStopStrategy,
 )
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies, UserTurnStrategies
 
 from backtalk.config import Settings
 from backtalk.processors.citations import strip_citations
@@ -156,7 +164,31 @@ def make_vad(settings: Settings) -> SileroVADAnalyzer:
     )
 
 
-def make_turn_strategies(settings: Settings) -> UserTurnStrategies | None:
+class QuietBotProposalStartStrategy(ExternalUserTurnStartStrategy):
+    """Flux's ``StartOfTurn`` starts a user turn at once, unless the bot is speaking.
+
+    Flux proposes a turn start on the first word it hears, so "yeah" or "mm-hm" over
+    the bot's answer would cut it off. While the bot speaks, this strategy leaves the
+    proposal to the strategies after it (``MinWordsUserTurnStartStrategy``: the
+    interim transcript must reach ``interruption_min_words``), as on Nova.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._bot_speaking = False
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        """Track the bot's speech; resolve proposals only while it is silent."""
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+        elif isinstance(frame, ProposedUserStartedSpeakingFrame) and self._bot_speaking:
+            return ProcessFrameResult.CONTINUE
+        return await super().process_frame(frame)
+
+
+def make_turn_strategies(settings: Settings) -> UserTurnStrategies:
     """When a user turn starts (barge-in) and when it ends.
 
     Start: with ``interruption_min_words`` ≤ 1, VAD speech or a transcription, both
@@ -169,9 +201,21 @@ def make_turn_strategies(settings: Settings) -> UserTurnStrategies | None:
     stops and ends the turn when it sounds finished, or after
     ``smart_turn_stop_secs`` of silence; ``speech_timeout`` — a fixed
     ``turn_speech_timeout_s`` of silence.
+    Flux (``stt_service == "deepgram_flux"``): Flux's own turn events, answered on its
+    eager end of turn (Pipecat's ``EagerUserTurnStrategies``); while the bot speaks,
+    a turn starts only at ``interruption_min_words`` words, as above.
     """
     if settings.stt_service == "deepgram_flux":
-        return None  # Flux detects turns itself and recommends its own strategies
+        # Flux detects turns itself: Pipecat's eager strategies (answer the predicted
+        # end of turn, keep the answer if the committed transcript matches), with
+        # backchannel-tolerant starts as on Nova.
+        flux = EagerUserTurnStrategies()
+        if settings.interruption_min_words > 1:
+            flux.start = [
+                QuietBotProposalStartStrategy(),
+                MinWordsUserTurnStartStrategy(min_words=settings.interruption_min_words),
+            ]
+        return flux
     if settings.turn_stop_strategy == "speech_timeout":
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=settings.turn_speech_timeout_s)
     else:
