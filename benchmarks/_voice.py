@@ -7,8 +7,10 @@ What it gives the benchmarks:
   own work (the fake recogniser's RMS analysis, tone synthesis, JSON) neither shares
   the bot's GIL nor counts in the bot process's CPU. The benchmark scripts them over
   a small control endpoint (``queue`` a transcript, ``set`` a delay, ``stats``).
-  In ``cycle`` mode every ``/v1/listen`` connection gets its own transcript script
-  (used by the concurrency benchmark, where N conversations share one fake).
+  In ``cycle`` mode every ``/v1/listen`` (or Flux ``/v2/listen``) connection gets its
+  own transcript script (used by the concurrency benchmark, where N conversations
+  share one fake). The Flux recogniser's delays (:data:`FLUX_PUBLISHED`) are part of
+  the configuration too; only ``/v2/listen`` uses them.
 * :func:`voice_world` — fakes + a throw-away embedded Postgres (``_common``) with the
   fixture lecture ingested through the product's own ``ingest_sources``, and the
   environment the product's ``Settings`` read (``DATABASE_URL``, ``OPENAI_BASE_URL``,
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import contextvars
 import json
@@ -71,6 +74,17 @@ PUBLISHED = {
     "llm_ttft_s": 0.55,  # OpenAI gpt-4o-mini time to first token
     "tts_first_audio_s": 0.30,  # Deepgram Aura-2 first audio
     "embedding_delay_s": 0.20,  # OpenAI embeddings request
+}
+#: Deepgram Flux (``/v2/listen``, ``BACKTALK_STT_SERVICE=deepgram_flux``): seconds of
+#: silence after the end of speech before ``EagerEndOfTurn`` / ``EndOfTurn`` (the fake's
+#: defaults). Deepgram publishes no median for either: its Flux quickstart quotes
+#: "~260ms end-of-turn detection", and third-party Flux documentation (Telnyx) says an
+#: eager end of turn at thresholds 0.3-0.5 saves "~150-250 ms" over waiting for
+#: ``EndOfTurn``; 0.25 s / 0.45 s put the eager one 0.2 s ahead. Only ``/v2/listen``
+#: uses them (Nova, ``/v1/listen``, is unaffected).
+FLUX_PUBLISHED = {
+    "flux_eager_eot_delay_s": 0.25,
+    "flux_eot_delay_s": 0.45,
 }
 #: The bot's answer: one short sentence (~0.5 s of fake speech), so turns stay short.
 REPLY = "The video covers that."
@@ -244,6 +258,14 @@ def _serve_fakes(config: dict) -> None:
         return _finalize(self)
 
     dgs._Recogniser.finalize = finalize
+    _turn_info = dgs._FluxRecogniser._turn_info
+
+    def turn_info(self, event, **extra):
+        if event != "Update":
+            marks.append((time.monotonic(), f"flux_{event}"))
+        return _turn_info(self, event, **extra)
+
+    dgs._FluxRecogniser._turn_info = turn_info
 
     class MarkedOpenAI(FakeOpenAI):
         async def _chat(self, request):
@@ -267,6 +289,11 @@ def _serve_fakes(config: dict) -> None:
             if self.cycle:
                 _CONN.set({"i": 0, "script": list(self.cycle)})
             return await super()._listen(request)
+
+        async def _flux(self, request):
+            if self.cycle:
+                _CONN.set({"i": 0, "script": list(self.cycle)})
+            return await super()._flux(request)
 
         def _peek_transcript(self) -> str:
             conn = _CONN.get()
@@ -310,6 +337,15 @@ def _serve_fakes(config: dict) -> None:
                     unscripted_utterances=self.unscripted_utterances,
                     pending_transcripts=self.pending_transcripts,
                     clears=self.clears,
+                    flux_connections=self.flux_connections,
+                    flux_events={
+                        e: n
+                        for e, n in collections.Counter(
+                            m["event"]
+                            for m in self.flux_sent
+                            if m.get("type") == "TurnInfo" and m.get("event") != "Update"
+                        ).items()
+                    },
                     last_user_texts=[_last_user(r) for r in chats[-int(body.get("last", 5)) :]],
                 )
             elif op == "marks":
@@ -342,6 +378,10 @@ def _serve_fakes(config: dict) -> None:
         final_delay_s=config["stt_final_delay_s"],
         tts_first_audio_s=config["tts_first_audio_s"],
         tts_secs_per_char=config["tts_secs_per_char"],
+        flux_eager_eot_delay_s=config.get(
+            "flux_eager_eot_delay_s", FLUX_PUBLISHED["flux_eager_eot_delay_s"]
+        ),
+        flux_eot_delay_s=config.get("flux_eot_delay_s", FLUX_PUBLISHED["flux_eot_delay_s"]),
     )
     dg.oai = oai
     with oai, dg:
@@ -372,6 +412,8 @@ class Fakes:
         token_interval_s: float = 0.0,
         tts_secs_per_char: float = TTS_SECS_PER_CHAR,
         reply: str = REPLY,
+        flux_eager_eot_delay_s: float = FLUX_PUBLISHED["flux_eager_eot_delay_s"],
+        flux_eot_delay_s: float = FLUX_PUBLISHED["flux_eot_delay_s"],
     ):
         self.config = {
             "stt_final_delay_s": stt_final_delay_s,
@@ -381,6 +423,9 @@ class Fakes:
             "token_interval_s": token_interval_s,
             "tts_secs_per_char": tts_secs_per_char,
             "reply": reply,
+            # /v2/listen (Flux) only; /v1/listen (Nova) ignores them.
+            "flux_eager_eot_delay_s": flux_eager_eot_delay_s,
+            "flux_eot_delay_s": flux_eot_delay_s,
         }
         self.proc: subprocess.Popen | None = None
         self.info: dict[str, Any] = {}
@@ -435,6 +480,8 @@ class Fakes:
         "stt_final_delay_s": "final_delay_s",
         "tts_first_audio_s": "tts_first_audio_s",
         "tts_secs_per_char": "tts_secs_per_char",
+        "flux_eager_eot_delay_s": "flux_eager_eot_delay_s",
+        "flux_eot_delay_s": "flux_eot_delay_s",
     }
     _OAI = {
         "llm_ttft_s": "ttft_s",
@@ -456,8 +503,12 @@ class Fakes:
 # -- the world: fakes + Postgres + ingested lecture + environment ---------------------------
 
 
-def add_service_args(parser: argparse.ArgumentParser) -> None:
-    """CLI parameters for the fake services' delays (defaults: the published medians)."""
+def add_service_args(parser: argparse.ArgumentParser, *, flux: bool = False) -> None:
+    """CLI parameters for the fake services' delays (defaults: the published medians).
+
+    With ``flux``, also the fake Flux recogniser's delays (``/v2/listen``; see
+    :data:`FLUX_PUBLISHED`).
+    """
     g = parser.add_argument_group("fake services (published medians by default)")
     g.add_argument(
         "--stt-final-delay",
@@ -490,6 +541,23 @@ def add_service_args(parser: argparse.ArgumentParser) -> None:
         help="seconds between streamed LLM tokens (0: the one-sentence reply "
         "arrives with the first token, so no sentence-aggregation wait)",
     )
+    if flux:
+        # Deepgram documents Flux end of turn at "~260ms"; Telnyx's Flux docs say eager
+        # end of turn (thresholds 0.3-0.5) saves ~150-250 ms (see FLUX_PUBLISHED).
+        g.add_argument(
+            "--flux-eager-eot-delay",
+            type=float,
+            default=FLUX_PUBLISHED["flux_eager_eot_delay_s"],
+            help="Flux EagerEndOfTurn after the end of speech, s (fake default 0.25; "
+            "Telnyx: eager EOT saves ~150-250 ms over EndOfTurn)",
+        )
+        g.add_argument(
+            "--flux-eot-delay",
+            type=float,
+            default=FLUX_PUBLISHED["flux_eot_delay_s"],
+            help="Flux EndOfTurn after the end of speech, s (fake default 0.45; "
+            "Deepgram: ~260 ms end-of-turn detection)",
+        )
 
 
 def service_delays(args: argparse.Namespace) -> dict[str, float]:
@@ -499,6 +567,12 @@ def service_delays(args: argparse.Namespace) -> dict[str, float]:
         "tts_first_audio_s": args.tts_first_audio,
         "embedding_delay_s": args.embedding_delay,
         "token_interval_s": args.token_interval,
+        # Only when add_service_args(..., flux=True) added them (the fakes' defaults else).
+        **{
+            key: getattr(args, key.removesuffix("_s"))
+            for key in FLUX_PUBLISHED
+            if hasattr(args, key.removesuffix("_s"))
+        },
     }
 
 
@@ -675,6 +749,8 @@ def _make_probe_class(BaseObserver):
         AggregatedTextFrame,
         BotStartedSpeakingFrame,
         BotStoppedSpeakingFrame,
+        EagerEndOfTurnCancelFrame,
+        EagerTranscriptionFrame,
         InterimTranscriptionFrame,
         InterruptionFrame,
         LLMContextFrame,
@@ -705,6 +781,7 @@ def _make_probe_class(BaseObserver):
         LLMFullResponseStartFrame,
         BotStartedSpeakingFrame,
         BotStoppedSpeakingFrame,
+        EagerEndOfTurnCancelFrame,  # Flux: an eager end of turn withdrawn (TurnResumed)
     )
 
     traced = (
@@ -772,6 +849,8 @@ def _make_probe_class(BaseObserver):
                 )
             elif isinstance(f, InterimTranscriptionFrame):
                 self.events.append((now, "InterimTranscriptionFrame", {"text": f.text}))
+            elif isinstance(f, EagerTranscriptionFrame):  # Flux: EagerEndOfTurn
+                self.events.append((now, "EagerTranscriptionFrame", {"text": f.text}))
             elif isinstance(f, LLMTextFrame) and not self._llm_text_seen:
                 self._llm_text_seen = True
                 self.events.append((now, "FirstLLMText", None))
@@ -1081,6 +1160,7 @@ class VoiceSession:
             log(f"{self.name}: {e}")
         await asyncio.sleep(settle_s)
         rec = self._record(stim, t0, end)
+        rec.extra.update(speech_start_mono=t0, speech_end_mono=end)
         if self.fakes is not None and rec.released is not None:
             try:
                 marks = (await self.fakes.actl("marks", since=t0, trim=True))["marks"]

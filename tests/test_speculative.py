@@ -109,3 +109,27 @@ async def test_tap_prefetches_the_turn_so_far_and_passes_frames_on():
     ]
     # The pipeline ended: every speculative retrieval was cancelled and forgotten.
     assert speculative._pending == {}
+
+
+async def test_a_fresh_retrieval_is_reused_by_a_later_prefetch_of_the_same_text():
+    """Flux answers on its eager end of turn, then sends the same text as the final
+    transcript: the tap's prefetch of it must not ask the embedder a second time."""
+    inner = ListRetriever([CHUNK], delay_s=0.05)
+    speculative = SpeculativeRetriever(inner)
+    assert await speculative.retrieve("why does momentum help", k=4) == [CHUNK]
+    speculative.prefetch("Why does momentum help?", k=4)
+    assert await speculative.retrieve("why does momentum help", k=4) == [CHUNK]
+    assert inner.queries == ["why does momentum help"]
+    assert (speculative.stats.misses, speculative.stats.hits) == (1, 1)
+    speculative.clear()
+
+
+async def test_a_failed_retrieval_is_not_reused():
+    inner = ListRetriever([CHUNK], error=RuntimeError("database unavailable"))
+    speculative = SpeculativeRetriever(inner)
+    speculative.prefetch("why does momentum help", k=4)
+    await asyncio.sleep(0.01)
+    inner.error = None
+    assert await speculative.retrieve("why does momentum help", k=4) == [CHUNK]
+    assert len(inner.queries) == 2 and speculative.stats.misses == 1
+    speculative.clear()

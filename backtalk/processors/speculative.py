@@ -86,28 +86,50 @@ class SpeculativeRetriever:
             k: Chunks, as the RAG processor will ask.
         """
         key = (normalize_query(query), k)
-        if not key[0] or key in self._pending:
+        if not key[0] or self._usable(self._pending.get(key)):
             return
-        self._pending[key] = asyncio.get_running_loop().create_task(
+        self._start(key, query, k)
+
+    async def retrieve(self, query: str, *, k: int) -> Sequence[RetrievedChunk]:
+        """The speculative result for ``query`` if one was started, else a fresh one.
+
+        A fresh retrieval is kept like a speculative one, so a later prefetch of the
+        same text (the final transcript of a turn already answered on Flux's eager end
+        of turn) reuses it instead of asking the embedder again. A failed retrieval is
+        not reused.
+        """
+        key = (normalize_query(query), k)
+        task = self._pending.get(key)
+        if not self._usable(task):
+            self.stats.misses += 1
+            task = self._start(key, query, k)
+        else:
+            self.stats.hits += 1
+            if task.done():
+                self.stats.ready_hits += 1
+        # Shielded: the RAG processor cancelling its wait (timeout, interruption) must
+        # not cancel a retrieval another request may still use.
+        return await asyncio.shield(task)
+
+    @staticmethod
+    def _usable(task: asyncio.Task | None) -> bool:
+        if task is None or task.cancelled():
+            return False
+        return not (task.done() and task.exception() is not None)
+
+    def _start(self, key: tuple[str, int], query: str, k: int) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(
             self._retriever.retrieve(query, k=k), name=f"speculative-retrieval:{key[0][:40]}"
         )
+        # A failed retrieval is reported to whoever awaits it; unawaited, it is dropped.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._pending[key] = task
+        self._pending.move_to_end(key)
         self.stats.started += 1
         while len(self._pending) > self._max_pending:
             _, oldest = self._pending.popitem(last=False)
             oldest.cancel()
-
-    async def retrieve(self, query: str, *, k: int) -> Sequence[RetrievedChunk]:
-        """The speculative result for ``query`` if one was started, else a fresh one."""
-        task = self._pending.get((normalize_query(query), k))
-        if task is None or task.cancelled():
-            self.stats.misses += 1
-            return await self._retriever.retrieve(query, k=k)
-        self.stats.hits += 1
-        if task.done():
-            self.stats.ready_hits += 1
-        # Shielded: the RAG processor cancelling its wait (timeout, interruption) must
-        # not cancel a retrieval another request may still use.
-        return await asyncio.shield(task)
+        return task
 
     def clear(self) -> None:
         """Cancel and forget every speculative retrieval."""
