@@ -25,19 +25,14 @@ from conftest import AUDIO
 from fakes import FakeDeepgram, FakeOpenAI
 from test_e2e_voice import (
     BARGE_IN_BOUND_S,
-    BARGE_IN_PARTS,
-    BARGE_IN_WAV,
-    LEARNING_RATE_SPAN,
     Q1_TEXT,
     Q1_WAV,
     Q2_TEXT,
     Q2_WAV,
     TTS_SECS_PER_CHAR,
     TURN_TIMEOUT_S,
-    excerpts,
     ingest_lecture,
     last_user_text,
-    retrieval_message,
     running_conversation,
     scripted_model,
     speech_bursts,
@@ -114,14 +109,9 @@ def named_events(fake: FakeDeepgram) -> list[tuple[str, str]]:
     return [(e, t) for e, t in fake.flux_events() if e != "Update"]
 
 
-def assert_learning_rate_retrieved(request: dict) -> None:
-    """The chat request carries the retrieval message with the learning-rate passage."""
-    rag = retrieval_message(request)
-    assert rag is not None, request["messages"]
-    lo, hi = LEARNING_RATE_SPAN
-    hits = [(a, b, text) for a, b, text in excerpts(rag) if a < hi and b > lo]
-    assert hits, f"no excerpt overlaps {LEARNING_RATE_SPAN}: {[e[:2] for e in excerpts(rag)]}"
-    assert any("learning rate" in text.lower() for _, _, text in hits)
+def assert_retrieved_before_the_question(request: dict) -> None:
+    """The learning-rate passage is in the retrieval message right before the question."""
+    rag = test_e2e_voice.assert_learning_rate_retrieved(request)
     assert request["messages"][-2]["content"] == rag
 
 
@@ -156,19 +146,9 @@ async def test_flux_question_is_answered_with_retrieval_started_on_eager_end_of_
             TURN_TIMEOUT_S,
             "Flux's EndOfTurn",
         )
-        reply_at = await wait_until(
-            lambda: s.output.first_audible_at(since=user_stopped_at),
-            TURN_TIMEOUT_S,
-            "the reply's audio",
-        )
+        reply_at = await s.reply_heard(since=user_stopped_at)
         print(f"\nflux q1: user stopped speaking -> bot audio: {reply_at - user_stopped_at:.2f} s")
-        await wait_until(lambda: not s.output.bot_speaking, 15, "the reply to end")
-        conversation_id = s.conversation.recorder.conversation_id
-        await wait_until(
-            lambda: ("assistant", ANSWER, False) in store.conversation_messages(conversation_id),
-            5,
-            "the answer to be stored",
-        )
+        conversation_id = await s.answer_stored(store, ANSWER)
         stats = s.conversation.stages.rag.stats
         turn_stopped_at = s.turns.first("UserStoppedSpeakingFrame", after=user_stopped_at)
 
@@ -190,7 +170,7 @@ async def test_flux_question_is_answered_with_retrieval_started_on_eager_end_of_
     assert turn_stopped_at is not None and asked_at < turn_stopped_at
     assert stats.turns == 1 and stats.injected == 1 and stats.cancelled == 0
     request = next(r for r in fake_openai.chat_requests if last_user_text(r) == Q1_TEXT)
-    assert_learning_rate_retrieved(request)
+    assert_retrieved_before_the_question(request)
     assert request["messages"][-1]["content"] == Q1_TEXT
 
     # The answer was spoken and heard, and only once Flux had confirmed the turn.
@@ -223,18 +203,8 @@ async def test_flux_turn_resumed_does_not_answer_the_partial_turn(
             TURN_TIMEOUT_S,
             "Flux's EndOfTurn",
         )
-        reply_at = await wait_until(
-            lambda: s.output.first_audible_at(since=spoke_at),
-            TURN_TIMEOUT_S,
-            "the reply's audio",
-        )
-        await wait_until(lambda: not s.output.bot_speaking, 15, "the reply to end")
-        conversation_id = s.conversation.recorder.conversation_id
-        await wait_until(
-            lambda: ("assistant", ANSWER, False) in store.conversation_messages(conversation_id),
-            5,
-            "the answer to be stored",
-        )
+        reply_at = await s.reply_heard(since=spoke_at)
+        conversation_id = await s.answer_stored(store, ANSWER)
         stats = s.conversation.stages.rag.stats
         turn_stopped_at = s.turns.first("UserStoppedSpeakingFrame", after=spoke_at)
 
@@ -261,7 +231,7 @@ async def test_flux_turn_resumed_does_not_answer_the_partial_turn(
     [(asked_at, events_then)] = log.about(Q1_TEXT)
     assert events_then[-1] == "EagerEndOfTurn" and asked_at < turn_stopped_at
     request = next(r for r in fake_openai.chat_requests if last_user_text(r) == Q1_TEXT)
-    assert_learning_rate_retrieved(request)
+    assert_retrieved_before_the_question(request)
     # The conversation holds one user turn, the whole question, and its answer.
     messages = store.conversation_messages(conversation_id)
     assert [c for r, c, _ in messages if r == "user"] == [Q1_TEXT]
@@ -282,9 +252,7 @@ async def test_flux_backchannel_does_not_interrupt_the_bot(
     async with running_conversation(flux_env, store) as s:
         await wait_greeted(s, fake_deepgram)
         q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await wait_until(
-            lambda: s.output.first_audible_at(since=q2_stopped_at), TURN_TIMEOUT_S, "the answer"
-        )
+        await s.answer_started(since=q2_stopped_at)
         requests_before = len(fake_openai.chat_requests)
         assert s.output.bot_speaking
         said_at = await s.ask(fake_deepgram, AUDIO / "backchannel_yeah.wav", "Yeah.")
@@ -322,28 +290,17 @@ async def test_flux_user_barges_in_while_the_bot_is_speaking(
     async with running_conversation(flux_env, store) as s:
         await wait_greeted(s, fake_deepgram)
         q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await wait_until(
-            lambda: s.output.first_audible_at(since=q2_stopped_at), TURN_TIMEOUT_S, "the answer"
-        )
+        await s.answer_started(since=q2_stopped_at)
         assert s.output.bot_speaking
 
-        (onset, _), *_, (_, end) = speech_bursts(BARGE_IN_WAV)
-        for part in BARGE_IN_PARTS:
-            fake_deepgram.queue_transcript(part)
-        started = await s.transport.play(BARGE_IN_WAV)
-        onset_at, barge_stopped_at = started + onset, started + end
+        onset_at, barge_stopped_at = await s.barge_in(fake_deepgram)
 
         await wait_until(
             lambda: any("local minima" in last_user_text(r) for r in fake_openai.chat_requests),
             TURN_TIMEOUT_S,
             "the request answering the barge-in",
         )
-        await wait_until(
-            lambda: s.output.first_audible_at(since=barge_stopped_at),
-            TURN_TIMEOUT_S,
-            "the barge-in answer's audio",
-        )
-        await wait_until(lambda: not s.output.bot_speaking, 15, "the answer to end")
+        await s.reply_heard(since=barge_stopped_at, what="the barge-in answer")
 
     # The bot went quiet soon after the user began talking over it.
     stopped_at = next(

@@ -228,6 +228,41 @@ class Session:
         """The loudspeaker."""
         return self.transport.output()
 
+    async def answer_started(self, since: float, what: str = "the answer") -> float:
+        """Wait until the bot's audio after ``since`` is heard; when it began."""
+        return await wait_until(
+            lambda: self.output.first_audible_at(since=since), TURN_TIMEOUT_S, f"{what}'s audio"
+        )
+
+    async def barge_in(self, fake_deepgram: FakeDeepgram) -> tuple[float, float]:
+        """Talk over the bot: "Wait, stop. Go back to the part about local minima."
+
+        Returns the times of the user's first word and last sound.
+        """
+        (onset, _), *_, (_, end) = speech_bursts(BARGE_IN_WAV)
+        for part in BARGE_IN_PARTS:
+            fake_deepgram.queue_transcript(part)
+        started = await self.transport.play(BARGE_IN_WAV)
+        return started + onset, started + end
+
+    async def reply_heard(self, since: float, what: str = "the reply") -> float:
+        """Wait for the bot's audio after ``since`` and for it to end; when it began."""
+        reply_at = await wait_until(
+            lambda: self.output.first_audible_at(since=since), TURN_TIMEOUT_S, f"{what}'s audio"
+        )
+        await wait_until(lambda: not self.output.bot_speaking, 15, f"{what} to end")
+        return reply_at
+
+    async def answer_stored(self, store: Store, answer: str) -> int:
+        """Wait until ``answer`` is saved as the bot's message; the conversation's id."""
+        conversation_id = self.conversation.recorder.conversation_id
+        await wait_until(
+            lambda: ("assistant", answer, False) in store.conversation_messages(conversation_id),
+            5,
+            "the answer to be stored",
+        )
+        return conversation_id
+
     async def ask(self, fake_deepgram: FakeDeepgram, wav: Path, *texts: str) -> float:
         """Say ``wav`` (transcribed as ``texts``); return when the speech ended."""
         for text in texts:
@@ -333,6 +368,17 @@ async def wait_greeted(s: Session, fake_deepgram: FakeDeepgram) -> str:
     return greeting
 
 
+def assert_learning_rate_retrieved(request: dict) -> str:
+    """The chat request carries a retrieval message with the learning-rate passage."""
+    rag = retrieval_message(request)
+    assert rag is not None, request["messages"]
+    lo, hi = LEARNING_RATE_SPAN
+    hits = [(a, b, text) for a, b, text in excerpts(rag) if a < hi and b > lo]
+    assert hits, f"no excerpt overlaps {LEARNING_RATE_SPAN}: {[e[:2] for e in excerpts(rag)]}"
+    assert any("learning rate" in text.lower() for _, _, text in hits)
+    return rag
+
+
 # -- 1. a spoken question, answered from the transcript ---------------------------------
 
 
@@ -352,19 +398,9 @@ async def test_spoken_question_is_answered_from_the_transcript(
         request = await wait_until(
             request_for(fake_openai, Q1_TEXT), TURN_TIMEOUT_S, "the chat request for q1"
         )
-        reply_at = await wait_until(
-            lambda: s.output.first_audible_at(since=user_stopped_at),
-            TURN_TIMEOUT_S,
-            "the reply's audio",
-        )
+        reply_at = await s.reply_heard(since=user_stopped_at)
         print(f"\nq1: user stopped speaking -> bot audio: {reply_at - user_stopped_at:.2f} s")
-        await wait_until(lambda: not s.output.bot_speaking, 15, "the reply to end")
-        conversation_id = s.conversation.recorder.conversation_id
-        await wait_until(
-            lambda: ("assistant", answer, False) in store.conversation_messages(conversation_id),
-            5,
-            "the answer to be stored",
-        )
+        conversation_id = await s.answer_stored(store, answer)
 
     # The fakes were really hit, and the greeting named the video.
     assert fake_deepgram.listen_connections >= 1
@@ -372,12 +408,7 @@ async def test_spoken_question_is_answered_from_the_transcript(
     assert LECTURE_TITLE in greeting
 
     # One user-role message of quoted transcript, holding the learning-rate passage.
-    rag = retrieval_message(request)
-    assert rag is not None, request["messages"]
-    lo, hi = LEARNING_RATE_SPAN
-    hits = [(a, b, text) for a, b, text in excerpts(rag) if a < hi and b > lo]
-    assert hits, f"no excerpt overlaps {LEARNING_RATE_SPAN}: {[e[:2] for e in excerpts(rag)]}"
-    assert any("learning rate" in text.lower() for _, _, text in hits)
+    rag = assert_learning_rate_retrieved(request)
     # Transcript text never rides in a system or developer message.
     for message in request["messages"]:
         if message.get("role") in ("system", "developer"):
@@ -468,20 +499,12 @@ async def test_user_barges_in_while_the_bot_is_speaking(
 
         q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
         await wait_until(request_for(fake_openai, Q2_TEXT), TURN_TIMEOUT_S, "the q2 request")
-        reply_at = await wait_until(
-            lambda: s.output.first_audible_at(since=q2_stopped_at),
-            TURN_TIMEOUT_S,
-            "the q2 answer's audio",
-        )
+        reply_at = await s.answer_started(since=q2_stopped_at, what="the q2 answer")
         print(f"\nq2: user stopped speaking -> bot audio: {reply_at - q2_stopped_at:.2f} s")
         assert s.output.bot_speaking
 
         # The user talks over the bot.
-        (onset, _), *_, (_, end) = speech_bursts(BARGE_IN_WAV)
-        for part in BARGE_IN_PARTS:
-            fake_deepgram.queue_transcript(part)
-        barge_started = await s.transport.play(BARGE_IN_WAV)
-        barge_onset_at, barge_stopped_at = barge_started + onset, barge_started + end
+        barge_onset_at, barge_stopped_at = await s.barge_in(fake_deepgram)
 
         # The barge-in is then answered as a normal turn.
         try:
@@ -507,21 +530,9 @@ async def test_user_barges_in_while_the_bot_is_speaking(
                 "turn's transcript once DeepgramSTTService's ttfs_p99_latency (0.35 s after "
                 "the speech ended) has passed, and the late transcript is then lost.)"
             ) from None
-        answer_at = await wait_until(
-            lambda: s.output.first_audible_at(since=barge_stopped_at),
-            TURN_TIMEOUT_S,
-            "the barge-in answer's audio",
-        )
+        answer_at = await s.reply_heard(since=barge_stopped_at, what="the barge-in answer")
         print(f"barge-in: user stopped speaking -> bot audio: {answer_at - barge_stopped_at:.2f} s")
-        await wait_until(lambda: not s.output.bot_speaking, 15, "the answer to end")
-        conversation_id = s.conversation.recorder.conversation_id
-        await wait_until(
-            lambda: (
-                ("assistant", SHORT_ANSWER, False) in store.conversation_messages(conversation_id)
-            ),
-            5,
-            "the answer to be stored",
-        )
+        conversation_id = await s.answer_stored(store, SHORT_ANSWER)
 
     # The bot went quiet soon after the user began talking over it...
     stopped_at = next(
