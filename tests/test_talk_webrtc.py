@@ -143,7 +143,9 @@ def greetings(fake_deepgram: FakeDeepgram) -> int:
     return sum(LECTURE_TITLE in t for t in fake_deepgram.spoken_texts)
 
 
+@pytest.mark.parametrize("stt_service", ["deepgram", "deepgram_flux"], ids=["nova", "flux"])
 async def test_talk_answers_a_spoken_question_over_webrtc(
+    stt_service: str,
     database_url: str,
     store: Store,
     tmp_path: Path,
@@ -166,6 +168,7 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
         OPENAI_BASE_URL=fake_openai.base_url,
         BACKTALK_DEEPGRAM_BASE_URL=fake_deepgram.base_url,
         BACKTALK_DATA_DIR=str(tmp_path / "data"),
+        BACKTALK_STT_SERVICE=stt_service,
     )
     cmd = [sys.executable, "-m", "backtalk.cli", "talk", str(LECTURE), "--port", str(port)]
 
