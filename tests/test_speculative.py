@@ -133,3 +133,14 @@ async def test_a_failed_retrieval_is_not_reused():
     assert await speculative.retrieve("why does momentum help", k=4) == [CHUNK]
     assert len(inner.queries) == 2 and speculative.stats.misses == 1
     speculative.clear()
+
+
+async def test_a_turn_waiting_on_an_evicted_speculation_still_gets_its_result():
+    inner = ListRetriever([CHUNK], delay_s=0.2)
+    speculative = SpeculativeRetriever(inner, max_pending=1)
+    speculative.prefetch("why does momentum help", k=4)
+    waiter = asyncio.create_task(speculative.retrieve("why does momentum help", k=4))
+    await asyncio.sleep(0.05)
+    speculative.prefetch("something else entirely", k=4)  # evicts the one being awaited
+    assert await waiter == [CHUNK]
+    speculative.clear()

@@ -89,6 +89,7 @@ class SpeculativeRetriever:
         if not key[0] or self._usable(self._pending.get(key)):
             return
         self._start(key, query, k)
+        self.stats.started += 1
 
     async def retrieve(self, query: str, *, k: int) -> Sequence[RetrievedChunk]:
         """The speculative result for ``query`` if one was started, else a fresh one.
@@ -109,7 +110,14 @@ class SpeculativeRetriever:
                 self.stats.ready_hits += 1
         # Shielded: the RAG processor cancelling its wait (timeout, interruption) must
         # not cancel a retrieval another request may still use.
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current and current.cancelling()):
+                # Evicted by newer speculations (or cleared) while this turn waited.
+                return await self._retriever.retrieve(query, k=k)
+            raise
 
     @staticmethod
     def _usable(task: asyncio.Task | None) -> bool:
@@ -125,7 +133,6 @@ class SpeculativeRetriever:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._pending[key] = task
         self._pending.move_to_end(key)
-        self.stats.started += 1
         while len(self._pending) > self._max_pending:
             _, oldest = self._pending.popitem(last=False)
             oldest.cancel()
