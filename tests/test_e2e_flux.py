@@ -16,7 +16,9 @@ LLM service holds the response until ``EndOfTurn`` confirms the turn (or drops i
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -239,6 +241,22 @@ async def test_flux_turn_resumed_does_not_answer_the_partial_turn(
     assert not any(PARTIAL_ANSWER[:20] in c for _, c, _ in messages)
 
 
+@contextlib.asynccontextmanager
+async def bot_answering_momentum(
+    settings: Settings, store: Store, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram
+) -> AsyncIterator:
+    """A conversation in which the bot is speaking its long answer about momentum."""
+    fake_openai.reply = scripted_model
+    fake_openai.token_interval_s = 0.05
+    ingest_lecture()
+    async with running_conversation(settings, store) as s:
+        await wait_greeted(s, fake_deepgram)
+        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
+        await s.answer_started(since=q2_stopped_at)
+        assert s.output.bot_speaking
+        yield s
+
+
 # -- 3. a backchannel while the bot speaks -----------------------------------------------
 
 
@@ -246,15 +264,8 @@ async def test_flux_backchannel_does_not_interrupt_the_bot(
     flux_env: Settings, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
     assert flux_env.interruption_min_words == 2
-    fake_openai.reply = scripted_model  # a long answer about momentum
-    fake_openai.token_interval_s = 0.05
-    ingest_lecture()
-    async with running_conversation(flux_env, store) as s:
-        await wait_greeted(s, fake_deepgram)
-        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await s.answer_started(since=q2_stopped_at)
+    async with bot_answering_momentum(flux_env, store, fake_openai, fake_deepgram) as s:
         requests_before = len(fake_openai.chat_requests)
-        assert s.output.bot_speaking
         said_at = await s.ask(fake_deepgram, AUDIO / "backchannel_yeah.wav", "Yeah.")
         await s.transport.silence(1.0)
         interrupted = s.turns.first("InterruptionFrame", after=said_at - 1.0) is not None
@@ -284,15 +295,7 @@ async def test_flux_user_barges_in_while_the_bot_is_speaking(
     While the bot speaks, Flux's ``StartOfTurn`` alone does not start a turn (so that a
     backchannel does not); the interim transcript reaching two words does.
     """
-    fake_openai.reply = scripted_model  # a long answer about momentum
-    fake_openai.token_interval_s = 0.05
-    ingest_lecture()
-    async with running_conversation(flux_env, store) as s:
-        await wait_greeted(s, fake_deepgram)
-        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await s.answer_started(since=q2_stopped_at)
-        assert s.output.bot_speaking
-
+    async with bot_answering_momentum(flux_env, store, fake_openai, fake_deepgram) as s:
         onset_at, barge_stopped_at = await s.barge_in(fake_deepgram)
 
         await wait_until(
