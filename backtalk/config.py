@@ -71,8 +71,9 @@ class Settings(BaseSettings):
             embedder's measured default (see :attr:`min_score`).
         retrieval_mode: ``BACKTALK_RETRIEVAL_MODE``; ``inject`` (excerpts added to every
             turn, no extra round trip) or ``tool`` (the LLM calls ``search_video``).
-        speculative_retrieval: start retrieving on interim transcriptions and reuse
-            the result when the final user turn matches.
+        speculative_retrieval: ``BACKTALK_SPECULATIVE_RETRIEVAL``; start retrieving on
+            interim transcriptions and reuse the result when the final user turn
+            matches. Unset: on with Nova, off with Flux (see :attr:`speculate`).
         chunk_target_s / chunk_max_s: chunk window length, seconds of video.
         vad_stop_secs: silence, seconds, before Silero VAD reports the user stopped.
         vad_start_secs: speech, seconds, before Silero VAD reports the user started.
@@ -132,7 +133,7 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(default=4, ge=1, le=20)
     retrieval_timeout_s: float = Field(default=0.5, gt=0)
     retrieval_min_score: float | None = Field(default=None, ge=-1, le=1)
-    speculative_retrieval: bool = True
+    speculative_retrieval: bool | None = None
     retrieval_mode: Literal["inject", "tool"] = "inject"
     chunk_target_s: float = Field(default=45.0, gt=0)
     chunk_max_s: float = Field(default=60.0, gt=0)
@@ -219,6 +220,20 @@ class Settings(BaseSettings):
         if self.retrieval_min_score is not None:
             return self.retrieval_min_score
         return LOCAL_MIN_SCORE if self.embedder == "local" else None
+
+    @property
+    def speculate(self) -> bool:
+        """Whether retrieval starts on interim transcripts (``speculative_retrieval``).
+
+        Unset, it is on with Nova and off with Flux. Flux's eager end of turn already
+        starts the turn's retrieval ~0.2 s early, with the full text; the tap's
+        prefetches of partial ``Update`` text then never serve a turn and only cost
+        embedding requests: 91 vs 37 per 30 turns at the same voice-to-voice latency
+        (``benchmarks/results/speculative_flux.md``, OpenAI embedder).
+        """
+        if self.speculative_retrieval is not None:
+            return self.speculative_retrieval
+        return self.stt_service != "deepgram_flux"
 
     @property
     def embedded_store_dir(self) -> Path:

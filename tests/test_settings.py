@@ -74,3 +74,14 @@ def test_services_are_chosen_by_settings(monkeypatch):
     # Flux's own turn events end turns (no local turn model is loaded).
     strategies = make_turn_strategies(Settings())
     assert [type(s).__name__ for s in strategies.stop] == ["EagerUserTurnStopStrategy"]
+
+
+def test_speculative_retrieval_defaults_to_on_with_nova_and_off_with_flux(monkeypatch):
+    assert Settings().speculate is True
+    monkeypatch.setenv("BACKTALK_STT_SERVICE", "deepgram_flux")
+    assert Settings().speculate is False
+    monkeypatch.setenv("BACKTALK_SPECULATIVE_RETRIEVAL", "true")
+    assert Settings().speculate is True
+    monkeypatch.setenv("BACKTALK_STT_SERVICE", "deepgram")
+    monkeypatch.setenv("BACKTALK_SPECULATIVE_RETRIEVAL", "false")
+    assert Settings().speculate is False

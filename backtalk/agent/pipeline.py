@@ -148,9 +148,7 @@ def build_stages(
         ),
     )
     inject = settings.retrieval_mode == "inject"
-    speculative = (
-        SpeculativeRetriever(retriever) if inject and settings.speculative_retrieval else None
-    )
+    speculative = SpeculativeRetriever(retriever) if inject and settings.speculate else None
     rag = RAGContextProcessor(
         speculative or retriever,
         top_k=settings.retrieval_top_k,
