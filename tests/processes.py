@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["Output", "free_port", "http_status", "process_group"]
+__all__ = [
+    "Output",
+    "free_port",
+    "http_status",
+    "process_group",
+    "start_backtalk",
+    "wait_serving",
+]
 
 
 class Output:
@@ -63,3 +74,40 @@ def process_group(pgid: int) -> list[tuple[int, str]]:
         except (OSError, ValueError):
             continue
     return found
+
+
+def start_backtalk(
+    args: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+) -> tuple[subprocess.Popen, Output, Output]:
+    """Start ``backtalk ARGS`` as a user would, in its own process group.
+
+    Returns the process and its stdout and stderr, each read by a background thread.
+    The process group lets a test find and kill anything it leaves behind.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backtalk.cli", *args],
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        start_new_session=True,
+    )
+    return proc, Output(proc.stdout), Output(proc.stderr)
+
+
+def wait_serving(proc: subprocess.Popen, err: Output, port: int, timeout_s: float = 90) -> None:
+    """Wait until ``backtalk talk`` serves its page on ``port``.
+
+    Raises:
+        AssertionError: the process exited (its stderr's tail is the message), or
+            ``timeout_s`` seconds passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while http_status(f"http://localhost:{port}/client/") != 200:
+        assert proc.poll() is None, err.text[-3000:]
+        assert time.monotonic() < deadline, "the agent did not start"
+        time.sleep(0.2)

@@ -14,8 +14,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from conftest import TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
 from pipecat.evals.scenario import EvalScenarioFile
 from pipecat.evals.script_session import EvalScriptSession
-from processes import Output, free_port, http_status
+from processes import free_port, start_backtalk, wait_serving
 from test_conversation_text import grounded_reply
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -44,33 +42,16 @@ def bot(db_env, tmp_path):
             "BACKTALK_DEEPGRAM_BASE_URL": dg.base_url,
             "BACKTALK_DATA_DIR": str(tmp_path / "data"),
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "backtalk.cli",
+        args = [
             "talk",
             str((TRANSCRIPTS / "gradient_descent_lecture.json").resolve()),
             str((TRANSCRIPTS / "coffee_canary_talk.json").resolve()),
             "--port",
             str(port),
         ]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        out, err = Output(proc.stdout), Output(proc.stderr)
+        proc, out, err = start_backtalk(args, cwd=tmp_path, env=env)
         try:
-            deadline = time.monotonic() + 90
-            while http_status(f"http://localhost:{port}/client/") != 200:
-                assert proc.poll() is None, err.text[-3000:]
-                assert time.monotonic() < deadline, "the bot did not start"
-                time.sleep(0.2)
+            wait_serving(proc, err, port)
             yield f"ws://localhost:{port}/ws", openai
         finally:
             proc.send_signal(signal.SIGINT)

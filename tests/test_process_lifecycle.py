@@ -2,13 +2,11 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from conftest import TRANSCRIPTS
-from processes import Output, free_port, http_status
+from processes import free_port, start_backtalk, wait_serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -35,31 +33,13 @@ def test_sigterm_stops_the_agent_and_its_embedded_postgres(tmp_path):
         "OPENAI_API_KEY": "sk-test",
     }
     env.pop("DATABASE_URL", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backtalk.cli",
-            "talk",
-            str((TRANSCRIPTS / "sourdough_talk.vtt").resolve()),
-            "--port",
-            str(port),
-        ],
+    proc, out, err = start_backtalk(
+        ["talk", str((TRANSCRIPTS / "sourdough_talk.vtt").resolve()), "--port", str(port)],
         cwd=tmp_path,
         env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
     )
-    out, err = Output(proc.stdout), Output(proc.stderr)
     try:
-        deadline = time.monotonic() + 90
-        while http_status(f"http://localhost:{port}/client/") != 200:
-            assert proc.poll() is None, err.text[-3000:]
-            assert time.monotonic() < deadline, "the agent did not start"
-            time.sleep(0.2)
+        wait_serving(proc, err, port)
         assert embedded_postgres_running(data_dir)
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)

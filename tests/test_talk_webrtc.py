@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import AUDIO, TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
-from processes import Output, free_port, http_status, process_group
+from processes import free_port, http_status, process_group, start_backtalk
 from webrtc_client import Microphone, SmallWebRTCClient, load_wav
 
 from backtalk.store import Store
@@ -170,22 +169,8 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
         BACKTALK_DATA_DIR=str(tmp_path / "data"),
         BACKTALK_STT_SERVICE=stt_service,
     )
-    cmd = [sys.executable, "-m", "backtalk.cli", "talk", str(LECTURE), "--port", str(port)]
-
     t0 = time.monotonic()
-    proc = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block; reads are threads)
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        start_new_session=True,  # its own process group: orphans are findable, killable
-    )
-    out, err = Output(proc.stdout), Output(proc.stderr)
+    proc, out, err = start_backtalk(["talk", str(LECTURE), "--port", str(port)], cwd=cwd, env=env)
     client: SmallWebRTCClient | None = None
     timings: dict[str, float] = {}
     try:
