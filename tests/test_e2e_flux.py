@@ -16,9 +16,7 @@ LLM service holds the response until ``EndOfTurn`` confirms the turn (or drops i
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -29,14 +27,12 @@ from test_e2e_voice import (
     BARGE_IN_BOUND_S,
     Q1_TEXT,
     Q1_WAV,
-    Q2_TEXT,
-    Q2_WAV,
     TTS_SECS_PER_CHAR,
     TURN_TIMEOUT_S,
+    bot_answering_momentum,
     ingest_lecture,
     last_user_text,
     running_conversation,
-    scripted_model,
     speech_bursts,
     wait_greeted,
     wait_until,
@@ -239,22 +235,6 @@ async def test_flux_turn_resumed_does_not_answer_the_partial_turn(
     assert [c for r, c, _ in messages if r == "user"] == [Q1_TEXT]
     assert [c for r, c, _ in messages if r == "assistant"][-1] == ANSWER
     assert not any(PARTIAL_ANSWER[:20] in c for _, c, _ in messages)
-
-
-@contextlib.asynccontextmanager
-async def bot_answering_momentum(
-    settings: Settings, store: Store, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram
-) -> AsyncIterator:
-    """A conversation in which the bot is speaking its long answer about momentum."""
-    fake_openai.reply = scripted_model
-    fake_openai.token_interval_s = 0.05
-    ingest_lecture()
-    async with running_conversation(settings, store) as s:
-        await wait_greeted(s, fake_deepgram)
-        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await s.answer_started(since=q2_stopped_at)
-        assert s.output.bot_speaking
-        yield s
 
 
 # -- 3. a backchannel while the bot speaks -----------------------------------------------

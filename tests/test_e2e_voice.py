@@ -471,6 +471,22 @@ def scripted_model(body: dict) -> str:
     return SHORT_ANSWER if "local minima" in question else STOP_ANSWER
 
 
+@contextlib.asynccontextmanager
+async def bot_answering_momentum(
+    settings: Settings, store: Store, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram
+) -> AsyncIterator:
+    """A conversation in which the bot is speaking its long answer about momentum."""
+    fake_openai.reply = scripted_model
+    fake_openai.token_interval_s = 0.05
+    ingest_lecture()
+    async with running_conversation(settings, store) as s:
+        await wait_greeted(s, fake_deepgram)
+        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
+        await s.answer_started(since=q2_stopped_at)
+        assert s.output.bot_speaking
+        yield s
+
+
 @pytest.mark.parametrize(
     "min_words",
     [pytest.param(2, id="default-min-words-2"), pytest.param(1, id="vad-min-words-1")],
@@ -662,15 +678,9 @@ async def test_backchannels_while_the_bot_speaks_do_not_interrupt_it(
     # VAD interruptions (1) the same audio cuts it off: the setting is what protects it.
     if min_words != 2:
         monkeypatch.setenv("BACKTALK_INTERRUPTION_MIN_WORDS", str(min_words))
-    fake_openai.reply = scripted_model
-    fake_openai.token_interval_s = 0.05
-    ingest_lecture()
     settings = Settings()
     assert settings.interruption_min_words == min_words
-    async with running_conversation(settings, store) as s:
-        await wait_greeted(s, fake_deepgram)
-        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await wait_until(lambda: s.output.first_audible_at(since=q2_stopped_at), TURN_TIMEOUT_S)
+    async with bot_answering_momentum(settings, store, fake_openai, fake_deepgram) as s:
         requests_before = len(fake_openai.chat_requests)
         first_said_at = None
         for wav, text in BACKCHANNELS:  # "yeah", "mm-hm", "right" while it talks
