@@ -288,6 +288,10 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
         )
         ((conversation_id, keys, _),) = store.conversations()
         assert keys == "gradient_descent_lecture"
+        # The end-of-conversation log line reports speculative retrieval where it runs
+        # (on by default with Nova, off with Flux).
+        speculation = re.search(r"Conversation \d+ ended: .*speculative retrieval", err.text)
+        assert (speculation is not None) == (stt_service == "deepgram"), err.text[-2000:]
         saved = store.conversation_messages(conversation_id)
         assert ("user", Q1_TEXT, False) in saved, saved
         assert ("assistant", ANSWER, False) in saved, saved

@@ -21,6 +21,7 @@ from backtalk.agent.latency import TurnLatency, TurnLatencyReporter, format_turn
 from backtalk.agent.pipeline import BotStages, build_stages
 from backtalk.agent.recorder import ConversationRecorder
 from backtalk.config import Settings
+from backtalk.processors.speculative import SpeculativeRetriever
 from backtalk.prompts import DEFAULT_PERSONA, system_instruction
 from backtalk.store import (
     Embedder,
@@ -259,13 +260,13 @@ async def run_conversation(
         rag = conversation.stages.rag
         if rag is not None:
             stats = rag.stats
-            speculation = getattr(rag.retriever, "stats", None)  # a SpeculativeRetriever
-            hits = (
-                f", speculative retrieval {speculation.ready_hits} ready / {speculation.hits} "
-                f"hits / {speculation.misses} misses"
-                if speculation is not None
-                else ""
-            )
+            hits = ""
+            if isinstance(rag.retriever, SpeculativeRetriever):
+                spec = rag.retriever.stats
+                hits = (
+                    f", speculative retrieval {spec.ready_hits} ready / {spec.hits} hits / "
+                    f"{spec.misses} misses"
+                )
             logger.info(
                 f"Conversation {conversation.recorder.conversation_id} ended: {stats.turns} "
                 f"turns, {stats.timeouts} retrieval timeouts, {stats.failures} failures{hits}"
