@@ -1,5 +1,7 @@
 """The prompt-leak guard: the bot never reads out its instructions."""
 
+import random
+
 from pipecat.frames.frames import (
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -59,16 +61,63 @@ async def test_a_leak_split_across_sentences_and_tokens_is_caught():
     assert guard.blocked == 1
 
 
-async def test_text_is_held_back_by_fewer_words_than_a_leak_needs():
-    guard = PromptLeakGuard(["alpha beta gamma delta epsilon zeta eta theta iota kappa"])
-    reply = "One two three four five six seven eight nine ten. Eleven twelve."
-    down, _ = await run_test(
-        guard,
-        frames_to_send=[LLMFullResponseStartFrame(), *tokens(reply, 4)],
+GREEK = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+
+
+async def released_so_far(guard, text, size=4):
+    """What the guard has let through while the reply is still streaming (no end frame)."""
+    down, _ = await run_test(guard, frames_to_send=[LLMFullResponseStartFrame(), *tokens(text, size)])
+    return spoken(down)
+
+
+async def test_ordinary_text_streams_through_without_lag():
+    # Nothing here begins a protected run: all of it is released as it arrives, except the
+    # last word, which may still be growing.
+    reply = "One two three four five six seven eight nine ten. Eleven twelve"
+    released = await released_so_far(PromptLeakGuard([GREEK]), reply)
+    assert released == "One two three four five six seven eight nine ten. Eleven "
+
+
+async def test_a_run_that_could_become_a_leak_is_held_until_it_breaks():
+    assert await released_so_far(PromptLeakGuard([GREEK]), "We saw alpha beta gamma") == "We saw "
+    assert (
+        await released_so_far(PromptLeakGuard([GREEK]), "We saw alpha beta gamma and more")
+        == "We saw alpha beta gamma and "
     )
-    released = spoken(down)
-    assert released.startswith("One two three")  # released before the reply ended
-    assert len(reply.split()) - len(released.split()) <= 7
+
+
+async def test_a_sentence_end_is_released_once_the_next_word_cannot_continue_the_run():
+    # "alpha" starts the protected run; the next word's first letters decide.
+    assert await released_so_far(PromptLeakGuard([GREEK]), "I like alpha. Then", 100) == (
+        "I like alpha. "
+    )
+    assert await released_so_far(PromptLeakGuard([GREEK]), "I like alpha. Be", 100) == "I like "
+
+
+async def test_a_leak_is_caught_however_the_tokens_fall():
+    protected = protected_texts()
+    leak = " ".join(protected[-1].split()[3:11])  # exactly one protected run of 8 words
+    false_start = " ".join(protected[-1].split()[3:8])  # the same opening, then it diverges
+    reply = f"Good question. {false_start} bananas, honestly. Well: {leak}. That is all."
+    rng = random.Random(7)
+    splits = [[reply[:cut], reply[cut:]] for cut in range(1, len(reply))]  # every two-way cut
+    for _ in range(25):  # and random token sizes
+        pieces, i = [], 0
+        while i < len(reply):
+            size = rng.randint(1, 9)
+            pieces.append(reply[i : i + size])
+            i += size
+        splits.append(pieces)
+    for pieces in splits:
+        frames = [LLMTextFrame(p) for p in pieces]
+        guard = PromptLeakGuard(protected)
+        down, _ = await run_test(
+            guard, frames_to_send=[LLMFullResponseStartFrame(), *frames, LLMFullResponseEndFrame()]
+        )
+        text = spoken(down)
+        assert guard.blocked == 1
+        assert leak not in text
+        assert text.startswith(f"Good question. {false_start} bananas")
 
 
 async def test_interruption_discards_held_text():
@@ -77,11 +126,11 @@ async def test_interruption_discards_held_text():
         guard,
         frames_to_send=[
             LLMFullResponseStartFrame(),
-            LLMTextFrame("half a sente"),
+            LLMTextFrame("Well, never say this secr"),  # "never say this secr" is held
             InterruptionFrame(),
             LLMFullResponseStartFrame(),
             LLMTextFrame("Fresh answer. "),
             LLMFullResponseEndFrame(),
         ],
     )
-    assert spoken(down) == "Fresh answer. "
+    assert spoken(down) == "Well, Fresh answer. "

@@ -1,13 +1,19 @@
 """A guard that keeps the bot from reading out its own instructions.
 
 Prompt rules ask the model not to reveal its instructions, but a model can be talked
-into it. :class:`PromptLeakGuard`, placed between the LLM and the TTS, lets the
-streamed reply through with a lag of ``shingle_words - 1`` words and blocks any run
-of ``shingle_words`` consecutive words that appears in the protected text: the held
-words are dropped with the rest of their sentence, and the bot says a short refusal
-instead. A leak needs a run of that length, so holding fewer words than that is
-enough to stop one; the lag costs a few tokens of time (tens of milliseconds at
-usual LLM speeds), not a sentence.
+into it. :class:`PromptLeakGuard`, placed between the LLM and the TTS, blocks any run
+of ``shingle_words`` consecutive words that appears in the protected text: the quoting
+words are dropped with the rest of their sentence (the words before them are spoken),
+and the bot says a short refusal instead.
+
+Streamed text passes as it arrives. The guard holds back only what could still become
+a leak: the trailing run of words that begins some protected run (the same idea as
+stop sequences in a streaming LLM server, which hold only a partial match), and a last
+word that may still be growing. Every leak starts with such a run, so nothing that
+could complete one is released, and an ordinary answer reaches the TTS with no lag —
+the sentence aggregator sees a full stop as soon as the LLM sends it. (Holding a fixed
+``shingle_words - 1`` words, as this guard first did, delayed every first sentence by
+seven words: ~100 ms at gpt-4o-mini's streaming speed; see ``benchmarks/VOICE.md``.)
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 __all__ = ["PromptLeakGuard"]
 
-_WORD = re.compile(r"[a-z0-9']+")
+_WORD = re.compile(r"[a-z0-9']+", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?\n]")
 
 
 def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    return [w.lower() for w in _WORD.findall(text)]
 
 
 class PromptLeakGuard(FrameProcessor):
@@ -66,6 +72,12 @@ class PromptLeakGuard(FrameProcessor):
             for words in [_words(text)]
             for i in range(len(words) - self._n + 1)
         }
+        # Every proper prefix of a protected run, with the words that can follow it: a
+        # trailing run of reply words found here could still grow into a leak, so it is held.
+        self._continuations: dict[tuple[str, ...], set[str]] = {}
+        for run in self._shingles:
+            for k in range(1, self._n):
+                self._continuations.setdefault(run[:k], set()).add(run[k])
         self.blocked = 0
         self._register_event_handler("on_leak_blocked")
         self._reset()
@@ -84,10 +96,17 @@ class PromptLeakGuard(FrameProcessor):
 
     def leaks(self, text: str) -> bool:
         """True when ``text``, following what was already released, quotes the prompt."""
-        words = [*self._tail, *_words(text)]
-        return any(
-            tuple(words[i : i + self._n]) in self._shingles for i in range(len(words) - self._n + 1)
-        )
+        return self._leak_start(text) is not None
+
+    def _leak_start(self, text: str) -> int | None:
+        """Where in ``text`` the first quoting run starts (0: in released text), or None."""
+        spans = list(_WORD.finditer(text))
+        words = [*self._tail, *(m.group().lower() for m in spans)]
+        for i in range(len(words) - self._n + 1):
+            if tuple(words[i : i + self._n]) in self._shingles:
+                first = i - len(self._tail)
+                return spans[first].start() if first > 0 else 0
+        return None
 
     async def _feed(
         self,
@@ -106,26 +125,48 @@ class PromptLeakGuard(FrameProcessor):
                 return
             self._pending = self._pending[end.end() :]
             self._skipping = False
-        if self.leaks(self._pending):
+        start = self._leak_start(self._pending)
+        if start is not None:
+            if start:  # words before the quoting run are safe
+                await self._release(self._pending[:start], template, direction)
+            blocked = self._pending[start:]
             self.blocked += 1
             logger.warning(f"{self}: blocked reply text that quoted the instructions")
-            await self._call_event_handler("on_leak_blocked", self._pending)
-            self._skipping = _SENTENCE_END.search(self._pending) is None
+            await self._call_event_handler("on_leak_blocked", blocked)
+            self._skipping = _SENTENCE_END.search(blocked) is None
             self._pending = ""
             self._tail = []
             if not self._replaced:
                 self._replaced = True
                 await self._release(self._replacement, template, direction)
             return
-        spans = list(_WORD.finditer(self._pending.lower()))
-        if final or len(spans) < self._n - 1:
-            cut = len(self._pending) if final else 0
-        else:
-            cut = spans[-(self._n - 1)].start()  # hold the last n-1 words
+        cut = len(self._pending) if final else self._safe_prefix_length()
         if cut:
             released, self._pending = self._pending[:cut], self._pending[cut:]
             self._tail = [*self._tail, *_words(released)][-(self._n - 1) :]
             await self._release(released, template, direction)
+
+    def _safe_prefix_length(self) -> int:
+        """How many leading characters of the pending text cannot be part of a leak."""
+        spans = list(_WORD.finditer(self._pending))
+        # A word touching the end of the text may be half a word ("instruc"): held.
+        growing = (
+            spans[-1].group().lower() if spans and spans[-1].end() == len(self._pending) else None
+        )
+        complete = spans[:-1] if growing else spans
+        words = [*self._tail, *(m.group().lower() for m in complete)]
+        held = 0  # the longest trailing run of complete words that starts a protected run
+        for k in range(min(self._n - 1, len(words)), 0, -1):
+            following = self._continuations.get(tuple(words[-k:]))
+            if following and (growing is None or any(w.startswith(growing) for w in following)):
+                held = k
+                break
+        first_held = len(complete) - held
+        if first_held < 0:  # the run began in text already released: hold all of it
+            return 0
+        if first_held < len(complete):
+            return complete[first_held].start()
+        return spans[-1].start() if growing else len(self._pending)
 
     async def _release(
         self, text: str, template: LLMTextFrame | None, direction: FrameDirection
