@@ -88,6 +88,39 @@ FLUX_PUBLISHED = {
 }
 #: The bot's answer: one short sentence (~0.5 s of fake speech), so turns stay short.
 REPLY = "The video covers that."
+#: A spoken-length answer (two sentences, 39 words, as the personas ask for), streamed a
+#: word per token at :data:`STREAM_TOKEN_INTERVAL_S` (``turn_latency --streamed-reply``).
+#: With the one-sentence reply and no interval, everything after the first token arrives
+#: at once and a processor that holds text back costs nothing measurable.
+STREAMED_REPLY = (
+    "The speaker says to start with a small learning rate, around 0.01, and to watch the "
+    "loss for the first few hundred steps. If the loss blows up, cut the rate by a factor "
+    "of ten and try again, and if it barely moves, try a larger one."
+)
+#: gpt-4o-mini streams ~59 tokens/s (mean of 46-70 t/s runs, OpenAI community forum,
+#: "Inference speed of different models", 2025): ~17 ms a token. The fake sends one word
+#: per token, so this is a little faster per word than the real model (~1.3 tokens a word).
+STREAM_TOKEN_INTERVAL_S = 0.017
+
+
+def first_sentence_stream_s(reply: str, token_interval_s: float) -> float:
+    """Injected streaming time before the TTS can have the reply's first sentence, seconds.
+
+    The fake streams ``reply`` as word tokens (``_split_tokens``), ``token_interval_s``
+    apart after the first. Pipecat's sentence aggregator confirms a sentence end on the
+    first non-space character after the punctuation, i.e. at the next token, or at the
+    end of the response for the last sentence (the fake sends the end without a delay).
+    This is LLM time, not orchestration, so the overhead subtracts it.
+    """
+    from tests.fakes.openai_server import _split_tokens
+
+    tokens = _split_tokens(reply)
+    for i, token in enumerate(tokens[:-1]):
+        if token.rstrip().endswith((".", "!", "?")):
+            return (i + 1) * token_interval_s
+    return max(len(tokens) - 1, 0) * token_interval_s
+
+
 #: Fake speech per character (the fake's default, 0.06, makes the greeting ~6 s).
 TTS_SECS_PER_CHAR = 0.02
 #: RMS (PCM16) above which a 20 ms window is speech (the fake recogniser's threshold).
@@ -1028,12 +1061,15 @@ class TurnRecord:
     segments: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def overhead_s(self, llm_ttft_s: float, tts_first_audio_s: float) -> float | None:
-        """Pipecat total − user_turn_secs − injected LLM TTFT − injected TTS first audio."""
+    def overhead_s(
+        self, llm_ttft_s: float, tts_first_audio_s: float, stream_s: float = 0.0
+    ) -> float | None:
+        """Pipecat total − user_turn_secs − injected LLM TTFT − injected TTS first audio
+        − injected streaming time of the first sentence (:func:`first_sentence_stream_s`)."""
         b = self.breakdown
         if not b or b.get("user_turn_secs") is None:
             return None
-        return b["total_secs"] - b["user_turn_secs"] - llm_ttft_s - tts_first_audio_s
+        return b["total_secs"] - b["user_turn_secs"] - llm_ttft_s - tts_first_audio_s - stream_s
 
 
 def breakdown_dict(b) -> dict:

@@ -46,12 +46,16 @@ import numpy as np
 from benchmarks._common import log, machine_info, machine_markdown, md_table, pyplot, write_results
 from benchmarks._voice import (
     PUBLISHED,
+    REPLY,
+    STREAM_TOKEN_INTERVAL_S,
+    STREAMED_REPLY,
     TURN_FIXTURES,
     TurnRecord,
     VoiceSession,
     add_pg_info,
     add_service_args,
     close_resources,
+    first_sentence_stream_s,
     fixture_stimulus,
     ms,
     open_resources,
@@ -201,7 +205,7 @@ async def run_turns(
                 rec = await session.turn(stim)
                 if proto is not None:
                     rec.extra["prototype"] = ab if proto.on else None
-                over = rec.overhead_s(world_delays["llm_ttft_s"], world_delays["tts_first_audio_s"])
+                over = overhead(rec, world_delays)
                 log(
                     f"turn {i + 1:2}/{n_turns} {stim.name:28} released {ms(rec.released, 0):>5} ms "
                     f"v2v {ms(rec.breakdown and rec.breakdown['total_secs'], 0):>5} ms "
@@ -230,11 +234,20 @@ async def run_turns(
 
 
 world_delays: dict[str, float] = dict(PUBLISHED, token_interval_s=0.0)
+#: Injected streaming time of the reply's first sentence (``--streamed-reply``), seconds.
+world_stream_s = {"first_sentence": 0.0}
+
+
+def overhead(t: TurnRecord, delays: dict[str, float]) -> float | None:
+    """The turn's orchestration overhead with the injected delays of this run removed."""
+    return t.overhead_s(
+        delays["llm_ttft_s"], delays["tts_first_audio_s"], world_stream_s["first_sentence"]
+    )
 
 
 def summarize(turns: list[TurnRecord], delays: dict[str, float], stop_secs: float) -> dict:
     ok = [t for t in turns if t.breakdown and t.breakdown.get("user_turn_secs") is not None]
-    over = [t.overhead_s(delays["llm_ttft_s"], delays["tts_first_audio_s"]) for t in ok]
+    over = [overhead(t, delays) for t in ok]
     total = [t.breakdown["total_secs"] for t in ok]
     user_turn = [t.breakdown["user_turn_secs"] for t in ok]
     finished = [t for t in ok if t.smart_turn and t.smart_turn[-1].get("complete")]
@@ -256,9 +269,7 @@ def summarize(turns: list[TurnRecord], delays: dict[str, float], stop_secs: floa
             "n": len(sel),
             "v2v_p50": pct([t.breakdown["total_secs"] for t in sel], 50),
             "user_turn_p50": pct([t.breakdown["user_turn_secs"] for t in sel], 50),
-            "overhead_p50": pct(
-                [t.overhead_s(delays["llm_ttft_s"], delays["tts_first_audio_s"]) for t in sel], 50
-            ),
+            "overhead_p50": pct([overhead(t, delays) for t in sel], 50),
             "smart_turn_p": statistics.median([t.smart_turn[0]["p"] for t in sel if t.smart_turn])
             if any(t.smart_turn for t in sel)
             else None,
@@ -272,7 +283,7 @@ def summarize(turns: list[TurnRecord], delays: dict[str, float], stop_secs: floa
     runq = [
         (
             t.segments["loop_runq_wait"],
-            t.overhead_s(delays["llm_ttft_s"], delays["tts_first_audio_s"]),
+            overhead(t, delays),
         )
         for t in ok
         if "loop_runq_wait" in t.segments
@@ -334,6 +345,13 @@ def markdown(runs: list[dict], delays: dict, info: dict, title: str) -> str:
         f"token interval {delays['token_interval_s']}s.",
         "",
     ]
+    if world_stream_s["first_sentence"]:
+        lines += [
+            "Reply: the two-sentence `STREAMED_REPLY`, one word per token; its first sentence "
+            f"streams for {ms(world_stream_s['first_sentence'], 0)} ms after the first token "
+            "(LLM time, subtracted from the overhead like the TTFT).",
+            "",
+        ]
     rows = []
     for r in runs:
         s = r["summary"]
@@ -490,6 +508,14 @@ def main() -> None:
         "the Pipecat-only overhead on the same machine",
     )
     p.add_argument(
+        "--streamed-reply",
+        action="store_true",
+        help="answer with a two-sentence reply streamed a word per token (STREAMED_REPLY; "
+        f"--token-interval defaults to {STREAM_TOKEN_INTERVAL_S}, gpt-4o-mini's ~59 tokens/s): "
+        "shows what holding text back costs; the first sentence's streaming time is "
+        "subtracted from the overhead",
+    )
+    p.add_argument(
         "--ab",
         choices=sorted(PROTOTYPES),
         help="A/B a prototype patch: alternate cycles of 5 turns with it off/on",
@@ -508,8 +534,12 @@ def main() -> None:
     )
     add_service_args(p)
     args = p.parse_args()
+    if args.streamed_reply and args.token_interval == 0.0:
+        args.token_interval = STREAM_TOKEN_INTERVAL_S
     delays = service_delays(args)
     world_delays.update(delays)
+    reply = STREAMED_REPLY if args.streamed_reply else REPLY
+    world_stream_s["first_sentence"] = first_sentence_stream_s(reply, args.token_interval)
     if args.nice:
         os.nice(args.nice)  # before any thread/child starts: they inherit it
     n = 5 if args.quick else args.turns
@@ -524,7 +554,7 @@ def main() -> None:
         variants.append(("speculation off", {"BACKTALK_SPECULATIVE_RETRIEVAL": "false"}, ()))
     if args.baseline:
         variants.append(("Pipecat only (baseline)", {}, BACKTALK_STAGES))
-    with voice_world(delays) as world:
+    with voice_world(delays, reply=reply) as world:
         add_pg_info(info, world)
         for label, env, dropped in variants:
             log(f"== {label}: {n} turns")
@@ -543,7 +573,7 @@ def main() -> None:
             recs = []
             for t in turns:
                 d = record_dict(t)
-                d["_overhead"] = t.overhead_s(delays["llm_ttft_s"], delays["tts_first_audio_s"])
+                d["_overhead"] = overhead(t, delays)
                 recs.append(d)
             runs.append(
                 {
@@ -575,6 +605,8 @@ def main() -> None:
         "benchmark": "turn_latency",
         "machine": info,
         "delays": delays,
+        "reply": reply,
+        "first_sentence_stream_s": world_stream_s["first_sentence"],
         "settings": {
             k: v
             for k, v in settings().model_dump().items()

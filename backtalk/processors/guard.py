@@ -35,6 +35,7 @@ __all__ = ["PromptLeakGuard"]
 
 _WORD = re.compile(r"[a-z0-9']+", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?\n]")
+_AFTER_SENTENCE = re.compile(r"[.!?][\"')\]]*\s+$")
 
 
 def _words(text: str) -> list[str]:
@@ -127,14 +128,15 @@ class PromptLeakGuard(FrameProcessor):
             self._skipping = False
         start = self._leak_start(self._pending)
         if start is not None:
-            if start:  # words before the quoting run are safe
-                await self._release(self._pending[:start], template, direction)
+            if start > self._sent:  # words before the quoting run are safe
+                await self._release(self._pending[self._sent : start], template, direction)
             blocked = self._pending[start:]
             self.blocked += 1
             logger.warning(f"{self}: blocked reply text that quoted the instructions")
             await self._call_event_handler("on_leak_blocked", blocked)
             self._skipping = _SENTENCE_END.search(blocked) is None
             self._pending = ""
+            self._sent = 0
             self._tail = []
             if not self._replaced:
                 self._replaced = True
@@ -144,7 +146,15 @@ class PromptLeakGuard(FrameProcessor):
         if cut:
             released, self._pending = self._pending[:cut], self._pending[cut:]
             self._tail = [*self._tail, *_words(released)][-(self._n - 1) :]
-            await self._release(released, template, direction)
+            await self._release(released[self._sent :], template, direction)
+            self._sent = 0
+        if self._pending and not self._sent and _AFTER_SENTENCE.search(self._released):
+            # Pipecat's sentence aggregator confirms a sentence end when it sees the next
+            # non-space character. A held word there would hold back the whole sentence,
+            # so its first character goes ahead: one letter quotes nothing (if the word
+            # does start a quote, the letter is followed by the refusal).
+            self._sent = 1
+            await self._release(self._pending[0], template, direction)
 
     def _safe_prefix_length(self) -> int:
         """How many leading characters of the pending text cannot be part of a leak."""
@@ -171,6 +181,9 @@ class PromptLeakGuard(FrameProcessor):
     async def _release(
         self, text: str, template: LLMTextFrame | None, direction: FrameDirection
     ) -> None:
+        if not text:
+            return
+        self._released = (self._released + text)[-8:]
         frame = LLMTextFrame(text)
         if template is not None:
             frame.skip_tts = template.skip_tts
@@ -178,6 +191,8 @@ class PromptLeakGuard(FrameProcessor):
 
     def _reset(self) -> None:
         self._pending = ""
+        self._sent = 0  # leading characters of the pending text already pushed on
+        self._released = ""  # the end of the text pushed on
         self._tail: list[str] = []
         self._replaced = False
         self._skipping = False

@@ -329,9 +329,14 @@ class FakeOpenAI(ThreadedAiohttpServer):
         )
         await response.prepare(request)
         try:
+            # Each event is due at a fixed time from the start (its delays summed), so the
+            # sleeps' overshoot does not add up over a long stream of tokens.
+            loop = asyncio.get_running_loop()
+            due = loop.time()
             for delay, data in events:
+                due += delay
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(max(due - loop.time(), 0.0))
                 await response.write(data)
             await response.write_eof()
         except ConnectionResetError:  # client went away while we were writing
