@@ -1,4 +1,4 @@
-"""Synthetic but realistic text for the benchmarks, made only from the fixture transcripts.
+"""Synthetic but realistic text for the benchmarks, made from the fixture transcripts.
 
 * :func:`library` — chunk texts of ~100-130 words spread over videos of 60-200 chunks,
   each video drawing on one stretch ("topic") of a fixture transcript plus lines a
@@ -6,15 +6,24 @@
   texts vary while staying on topic within a video.
 * :func:`questions` — the 16 questions of ``qa.json`` plus questions built from
   spoken-question templates and 2-5-word spans of the transcripts.
+* :func:`docstring_sources` — a much wider source for the same two generators: the prose
+  sentences of the installed packages' docstrings, one "transcript" per module. Two
+  fixture transcripts give a million chunks drawn from a few hundred lines, so every
+  question sits almost equally far from thousands of near-duplicates; thousands of
+  modules on as many subjects are closer to a real library of many videos.
 * :func:`auto_caption_transcript` — an N-hour transcript in youtube-transcript-api's
   raw JSON shape, auto-caption style (lowercase lines of 4-12 words every ~2-3 s).
 """
 
 from __future__ import annotations
 
+import ast
 import random
+import re
+import sysconfig
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks._common import fixture_lines, qa_questions
 
@@ -43,6 +52,7 @@ class _Markov:
             words = line.split()
             for a, b in zip(words, [*words[1:], _END], strict=True):
                 self.succ[a].append(b)
+        self.words = list(self.succ)  # restart points (the same order as the dict's keys)
 
     def line(self, rng: random.Random, start: str, min_words: int, max_words: int) -> str:
         n = rng.randint(min_words, max_words)
@@ -51,23 +61,31 @@ class _Markov:
             options = self.succ.get(words[-1])
             nxt = rng.choice(options) if options else _END
             if nxt == _END:
-                nxt = rng.choice(list(self.succ))
+                nxt = rng.choice(self.words)
             words.append(nxt)
         return " ".join(words)
 
 
-def library(n_chunks: int, *, seed: int = 7, window: int = 40, generated: int = 40) -> Library:
+def library(
+    n_chunks: int,
+    *,
+    seed: int = 7,
+    window: int = 40,
+    generated: int = 40,
+    sources: list[list[str]] | None = None,
+) -> Library:
     """``n_chunks`` chunk texts over videos of 60-200 chunks (see the module docstring).
 
     Args:
         n_chunks: How many chunks in total.
-        seed: Random seed (the corpus is deterministic).
-        window: Consecutive fixture lines a video's topic is drawn from.
+        seed: Random seed (the corpus is deterministic for given sources).
+        window: Consecutive source lines a video's topic is drawn from.
         generated: Markov lines added to each video's pool.
+        sources: Lines per source document (default: the fixture transcripts).
     """
     rng = random.Random(seed)
-    by_video = fixture_lines()
-    sources = [lines for lines in by_video.values()]
+    if sources is None:
+        sources = list(fixture_lines().values())
     markov = _Markov([line for lines in sources for line in lines])
     texts: list[str] = []
     video_of: list[int] = []
@@ -110,11 +128,19 @@ _TEMPLATES = (
 )
 
 
-def questions(n: int, *, seed: int = 11) -> list[str]:
-    """``n`` user questions: the fixture ``qa.json`` ones first, then generated ones."""
+def questions(n: int, *, seed: int = 11, sources: list[list[str]] | None = None) -> list[str]:
+    """``n`` user questions.
+
+    With the default (fixture) sources, the ``qa.json`` questions first, then generated
+    ones; with other ``sources``, all generated from their lines.
+    """
     rng = random.Random(seed)
-    out = [q["question"] for q in qa_questions()]
-    lines = [line for lines in fixture_lines().values() for line in lines]
+    if sources is None:
+        out = [q["question"] for q in qa_questions()]
+        sources = list(fixture_lines().values())
+    else:
+        out = []
+    lines = [line for lines in sources for line in lines]
     while len(out) < n:
         words = rng.choice(lines).split()
         span = rng.randint(2, min(5, len(words)))
@@ -122,6 +148,52 @@ def questions(n: int, *, seed: int = 11) -> list[str]:
         phrase = " ".join(words[start : start + span]).strip(".,?!").lower()
         out.append(rng.choice(_TEMPLATES).format(p=phrase))
     return out[:n]
+
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_PROSE_WORD = re.compile(r"^[A-Za-z][a-z]*[,.;:!?]?$")
+
+
+def docstring_sources(*, min_sentences: int = 8) -> list[list[str]]:
+    """Prose sentences of the installed packages' docstrings, one list per module.
+
+    Reads every ``.py`` file under the running interpreter's ``site-packages`` (sorted,
+    so the result is fixed for a fixed set of installed packages), takes the module,
+    class and function docstrings (``ast.get_docstring``), joins each paragraph, and
+    keeps sentences of 6-40 words of which at least 85 % are plain words (no code,
+    reST directives or tables). Modules with fewer than ``min_sentences`` are skipped.
+
+    Returns:
+        One list of sentences per module, in path order.
+    """
+    site = Path(sysconfig.get_paths()["purelib"])
+    out: list[list[str]] = []
+    for path in sorted(site.rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        sentences: list[str] = []
+        for node in ast.walk(tree):
+            if not isinstance(
+                node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            ):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc:
+                continue
+            for paragraph in doc.split("\n\n"):
+                if paragraph.lstrip().startswith((">>>", "..", ":", "-", "*", "|", "=")):
+                    continue
+                for sentence in _SENTENCE_SPLIT.split(" ".join(paragraph.split())):
+                    words = sentence.split()
+                    if 6 <= len(words) <= 40 and sum(
+                        bool(_PROSE_WORD.match(w)) for w in words
+                    ) >= 0.85 * len(words):
+                        sentences.append(sentence)
+        if len(sentences) >= min_sentences:
+            out.append(sentences)
+    return out
 
 
 def auto_caption_transcript(hours: float, *, seed: int = 3) -> list[dict]:

@@ -6,6 +6,8 @@ Run from the repository root::
     python -m benchmarks.retrieval --quick      # 1k only, few queries (< 30 s)
     python -m benchmarks.retrieval --sizes 1000000 --skip-openai   # one size
     python -m benchmarks.retrieval --report     # rebuild the report from saved parts
+    python -m benchmarks.retrieval --sizes 10000,100000 --skip-openai --corpus docstrings \
+        --name retrieval_docstrings --tag docstrings --no-variants   # a wider text source
 
 Each (embedder, size) run saves ``results/retrieval_parts/<embedder>_<n>.json``; the
 report (``results/retrieval.{json,md,png}``) is built from every part present, so a
@@ -702,10 +704,11 @@ async def bench_size(
     rng = random.Random(n)
     log(f"[{kind} {n:,}] building corpus")
     t = time.perf_counter()
-    lib = _corpus.library(n)
+    sources = _corpus.docstring_sources() if args.corpus == "docstrings" else None
+    lib = _corpus.library(n, sources=sources)
     gen_s = time.perf_counter() - t
     n_queries = args.queries if kind == "local" else args.openai_queries
-    questions = _corpus.questions(max(args.queries, n_queries))
+    questions = _corpus.questions(max(args.queries, n_queries), sources=sources)
     queries = questions[:n_queries]
     base = embedder_factory()
     t = time.perf_counter()
@@ -735,6 +738,8 @@ async def bench_size(
         "model": base.model,
         "dims": loaded.dims,
         "n": n,
+        "corpus": args.corpus,
+        "sources": len(sources) if sources else 2,
         "videos": len(lib.video_sizes),
         "queries": len(queries),
         "k": K,
@@ -1257,6 +1262,10 @@ def parse_args(argv=None):
     ap.add_argument("--openai-sizes", default="1000,10000,100000")
     ap.add_argument("--skip-openai", action="store_true")
     ap.add_argument("--skip-local", action="store_true")
+    ap.add_argument("--corpus", choices=("fixtures", "docstrings"), default="fixtures",
+                    help="chunk text source: the two fixture transcripts (default), or the "
+                    "installed packages' docstrings, one topic per module "
+                    "(_corpus.docstring_sources)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--openai-queries", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=30)

@@ -11,9 +11,11 @@ a leak: the trailing run of words that begins some protected run (the same idea 
 stop sequences in a streaming LLM server, which hold only a partial match), and a last
 word that may still be growing. Every leak starts with such a run, so nothing that
 could complete one is released, and an ordinary answer reaches the TTS with no lag —
-the sentence aggregator sees a full stop as soon as the LLM sends it. (Holding a fixed
+the sentence aggregator sees a full stop as soon as the LLM sends it (after a full stop
+the first letter of a held word goes ahead: Pipecat's sentence aggregator closes a
+sentence only when it sees the next non-space character). (Holding a fixed
 ``shingle_words - 1`` words, as this guard first did, delayed every first sentence by
-seven words: ~100 ms at gpt-4o-mini's streaming speed; see ``benchmarks/VOICE.md``.)
+seven words: ~120 ms measured at gpt-4o-mini's streaming speed; see ``benchmarks/VOICE.md``.)
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class PromptLeakGuard(FrameProcessor):
         self._reset()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
-        """Pass LLM text on with a short lag, minus anything that quotes the prompt."""
+        """Pass LLM text on as it arrives, holding only what could still quote the prompt."""
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMFullResponseStartFrame | InterruptionFrame):
             self._reset()

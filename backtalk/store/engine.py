@@ -28,13 +28,18 @@ __all__ = [
 logger = logging.getLogger("backtalk.store")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
-#: Session settings for every connection: bound a runaway statement (ms) and keep
-#: the first connection attempt short, so a dead database fails fast.
-_CONNECT_ARGS = {"connect_timeout": 5, "options": "-c statement_timeout=30000"}
 #: HNSW candidate list for library-wide searches (pgvector's default is 40). See
 #: benchmarks/results/retrieval.md: at 100k chunks 100 lifts recall@5 from 0.75 to 0.84
 #: for ~+2-4 ms p95. Scoped searches (the agent's) are exact and unaffected.
 HNSW_EF_SEARCH = 100
+#: Session settings for every connection: bound a runaway statement (ms), keep the
+#: first connection attempt short so a dead database fails fast, and search the HNSW
+#: index with :data:`HNSW_EF_SEARCH` (``backtalk search`` and host apps' library-wide
+#: retrievers as well as the agent).
+_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "options": f"-c statement_timeout=30000 -c hnsw.ef_search={HNSW_EF_SEARCH}",
+}
 
 
 def embedded_url(pgdata: Path) -> URL:
@@ -140,10 +145,7 @@ def make_retrieval_engine(
         isolation_level="AUTOCOMMIT",
         pool_timeout=pool_timeout_s,
         pool_size=pool_size,
-        connect_args={
-            **_CONNECT_ARGS,
-            "options": f"{_CONNECT_ARGS['options']} -c hnsw.ef_search={HNSW_EF_SEARCH}",
-        },
+        connect_args=_CONNECT_ARGS,
     )
 
 
