@@ -49,6 +49,9 @@ PAUSE_BEFORE_QUESTION_S = 1.5
 STARTUP_TIMEOUT_S = 90.0
 GREETING_TIMEOUT_S = 15.0
 ANSWER_TIMEOUT_S = 20.0
+#: The fake TTS's first-audio delay, distinct from the STT's timings so the --latency
+#: columns can be told apart.
+TTS_FIRST_AUDIO_S = 0.3
 EXIT_TIMEOUT_S = 20.0
 
 #: RTVI events the bot sends during a turn, reported relative to the end of speech.
@@ -129,7 +132,9 @@ def fake_openai():
 
 @pytest.fixture
 def fake_deepgram():
-    with FakeDeepgram(tts_secs_per_char=TTS_SECS_PER_CHAR) as fake:
+    with FakeDeepgram(
+        tts_secs_per_char=TTS_SECS_PER_CHAR, tts_first_audio_s=TTS_FIRST_AUDIO_S
+    ) as fake:
         yield fake
 
 
@@ -170,7 +175,9 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
         BACKTALK_STT_SERVICE=stt_service,
     )
     t0 = time.monotonic()
-    proc, out, err = start_backtalk(["talk", str(LECTURE), "--port", str(port)], cwd=cwd, env=env)
+    proc, out, err = start_backtalk(
+        ["talk", str(LECTURE), "--port", str(port), "--latency"], cwd=cwd, env=env
+    )
     client: SmallWebRTCClient | None = None
     timings: dict[str, float] = {}
     try:
@@ -279,6 +286,28 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
             fake_deepgram.spoken_texts
         )
         assert answer_s > 1.0, f"only {answer_s:.2f}s of the answer was heard"
+
+        # --latency: the turn's breakdown on the console, the same numbers to the client.
+        (_, report), *_ = await wait_until(
+            lambda: [
+                (t, m)
+                for t, m in client.rtvi_messages("server-message", since=clip.started_at)
+                if m["data"].get("type") == "turn-latency"
+            ],
+            10,
+            "the turn-latency message",
+            proc,
+        )
+        latency = report["data"]
+        line = await wait_until(
+            lambda: re.search(r"turn latency .*total +(\d+)ms", err.text), 10, "--latency", proc
+        )
+        assert int(line.group(1)) == round(latency["total_s"] * 1000), (line.group(0), latency)
+        for part in ("end_of_turn_s", "stt_s", "retrieval_s", "llm_s", "first_sentence_s", "tts_s"):
+            assert isinstance(latency[part], float), latency
+        # Each column is its own service's time (the fake TTS waits TTS_FIRST_AUDIO_S).
+        assert TTS_FIRST_AUDIO_S <= latency["tts_s"] < latency["total_s"], latency
+        assert latency["stt_s"] < latency["total_s"], latency
 
         # -- 5. the user hangs up; the conversation ends and was saved ---------------------
         await client.close()
