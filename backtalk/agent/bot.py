@@ -184,6 +184,9 @@ async def build_conversation(
         params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
         observers=[*latency.observers, *observers],
         idle_timeout_secs=idle_timeout_secs,
+        # Pipecat's turn tracking feeds its OpenTelemetry tracing and AudioBufferProcessor,
+        # neither used here; each observer costs a task wake-up per frame per processor.
+        enable_turn_tracking=False,
     )
     recorder = ConversationRecorder(resources.engine)
     await recorder.start(
