@@ -475,14 +475,20 @@ def scripted_model(body: dict) -> str:
 async def bot_answering_momentum(
     settings: Settings, store: Store, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram
 ) -> AsyncIterator:
-    """A conversation in which the bot is speaking its long answer about momentum."""
+    """A conversation in which the bot is speaking its long answer about momentum.
+
+    The answer (~130 tokens, 50 ms apart) is still streaming and being spoken when the
+    body of the ``async with`` runs.
+    """
     fake_openai.reply = scripted_model
     fake_openai.token_interval_s = 0.05
     ingest_lecture()
     async with running_conversation(settings, store) as s:
         await wait_greeted(s, fake_deepgram)
         q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await s.answer_started(since=q2_stopped_at)
+        await wait_until(request_for(fake_openai, Q2_TEXT), TURN_TIMEOUT_S, "the q2 request")
+        reply_at = await s.answer_started(since=q2_stopped_at, what="the q2 answer")
+        print(f"\nq2: user stopped speaking -> bot audio: {reply_at - q2_stopped_at:.2f} s")
         assert s.output.bot_speaking
         yield s
 
@@ -504,21 +510,8 @@ async def test_user_barges_in_while_the_bot_is_speaking(
     settings = Settings()
     assert settings.interruption_min_words == min_words
     bound = BARGE_IN_BOUND_S[min_words]
-    # A long answer, still streaming (~130 tokens, 50 ms apart) and being spoken when
-    # the user interrupts.
-    fake_openai.reply = scripted_model
-    fake_openai.token_interval_s = 0.05
-    ingest_lecture()
 
-    async with running_conversation(settings, store) as s:
-        await wait_greeted(s, fake_deepgram)
-
-        q2_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
-        await wait_until(request_for(fake_openai, Q2_TEXT), TURN_TIMEOUT_S, "the q2 request")
-        reply_at = await s.answer_started(since=q2_stopped_at, what="the q2 answer")
-        print(f"\nq2: user stopped speaking -> bot audio: {reply_at - q2_stopped_at:.2f} s")
-        assert s.output.bot_speaking
-
+    async with bot_answering_momentum(settings, store, fake_openai, fake_deepgram) as s:
         # The user talks over the bot.
         barge_onset_at, barge_stopped_at = await s.barge_in(fake_deepgram)
 
