@@ -1124,7 +1124,7 @@ class VoiceSession:
         async def on_breakdown(_observer, breakdown):
             self.breakdowns.append((time.monotonic(), breakdown))
 
-        self.conversation.latency.latency.add_event_handler("on_latency_breakdown", on_breakdown)
+        self.conversation.latency.add_event_handler("on_latency_breakdown", on_breakdown)
         self.hooks: list[tuple[float, str, float]] = []
         install_hooks(dict(self.conversation.stages.stages), self.hooks)
         self.runner = WorkerRunner(handle_sigint=False)

@@ -100,11 +100,6 @@ class TurnLatencyReporter(UserBotLatencyObserver):
         self.add_event_handler("on_latency_breakdown", self._on_breakdown)
 
     @property
-    def latency(self) -> UserBotLatencyObserver:
-        """The underlying latency observer (this object)."""
-        return self
-
-    @property
     def observers(self) -> list[BaseObserver]:
         """The observers to pass to the worker: just this one."""
         return [self]
