@@ -107,18 +107,26 @@ def first_sentence_stream_s(reply: str, token_interval_s: float) -> float:
     """Injected streaming time before the TTS can have the reply's first sentence, seconds.
 
     The fake streams ``reply`` as word tokens (``_split_tokens``), ``token_interval_s``
-    apart after the first. Pipecat's sentence aggregator confirms a sentence end on the
-    first non-space character after the punctuation, i.e. at the next token, or at the
-    end of the response for the last sentence (the fake sends the end without a delay).
-    This is LLM time, not orchestration, so the overhead subtracts it.
+    apart after the first; Pipecat's own sentence aggregator (``SimpleTextAggregator``,
+    which the TTS service uses) is fed those tokens to find the one that completes the
+    first sentence (it confirms a full stop on the next non-space character), or the
+    end of the response (sent without a delay). This is LLM time, not orchestration, so
+    the overhead subtracts it.
     """
+    from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
+
     from tests.fakes.openai_server import _split_tokens
 
     tokens = _split_tokens(reply)
-    for i, token in enumerate(tokens[:-1]):
-        if token.rstrip().endswith((".", "!", "?")):
-            return (i + 1) * token_interval_s
-    return max(len(tokens) - 1, 0) * token_interval_s
+
+    async def first_sentence_token() -> int:
+        aggregator = SimpleTextAggregator()
+        for i, token in enumerate(tokens):
+            async for _ in aggregator.aggregate(token):
+                return i
+        return max(len(tokens) - 1, 0)
+
+    return asyncio.run(first_sentence_token()) * token_interval_s
 
 
 #: Fake speech per character (the fake's default, 0.06, makes the greeting ~6 s).
@@ -371,14 +379,13 @@ def _serve_fakes(config: dict) -> None:
                     pending_transcripts=self.pending_transcripts,
                     clears=self.clears,
                     flux_connections=self.flux_connections,
-                    flux_events={
-                        e: n
-                        for e, n in collections.Counter(
+                    flux_events=dict(
+                        collections.Counter(
                             m["event"]
                             for m in self.flux_sent
                             if m.get("type") == "TurnInfo" and m.get("event") != "Update"
-                        ).items()
-                    },
+                        )
+                    ),
                     last_user_texts=[_last_user(r) for r in chats[-int(body.get("last", 5)) :]],
                 )
             elif op == "marks":

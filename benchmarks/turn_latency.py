@@ -234,14 +234,18 @@ async def run_turns(
 
 
 world_delays: dict[str, float] = dict(PUBLISHED, token_interval_s=0.0)
-#: Injected streaming time of the reply's first sentence (``--streamed-reply``), seconds.
-world_stream_s = {"first_sentence": 0.0}
 
 
 def overhead(t: TurnRecord, delays: dict[str, float]) -> float | None:
-    """The turn's orchestration overhead with the injected delays of this run removed."""
+    """The turn's orchestration overhead with the injected delays of this run removed.
+
+    ``delays`` may carry ``first_sentence_stream_s`` (``--streamed-reply``): the
+    injected streaming time of the reply's first sentence.
+    """
     return t.overhead_s(
-        delays["llm_ttft_s"], delays["tts_first_audio_s"], world_stream_s["first_sentence"]
+        delays["llm_ttft_s"],
+        delays["tts_first_audio_s"],
+        delays.get("first_sentence_stream_s", 0.0),
     )
 
 
@@ -345,10 +349,10 @@ def markdown(runs: list[dict], delays: dict, info: dict, title: str) -> str:
         f"token interval {delays['token_interval_s']}s.",
         "",
     ]
-    if world_stream_s["first_sentence"]:
+    if delays.get("first_sentence_stream_s"):
         lines += [
             "Reply: the two-sentence `STREAMED_REPLY`, one word per token; its first sentence "
-            f"streams for {ms(world_stream_s['first_sentence'], 0)} ms after the first token "
+            f"streams for {ms(delays['first_sentence_stream_s'], 0)} ms after the first token "
             "(LLM time, subtracted from the overhead like the TTFT).",
             "",
         ]
@@ -536,10 +540,13 @@ def main() -> None:
     args = p.parse_args()
     if args.streamed_reply and args.token_interval == 0.0:
         args.token_interval = STREAM_TOKEN_INTERVAL_S
-    delays = service_delays(args)
-    world_delays.update(delays)
+    service = service_delays(args)  # what the fakes inject
     reply = STREAMED_REPLY if args.streamed_reply else REPLY
-    world_stream_s["first_sentence"] = first_sentence_stream_s(reply, args.token_interval)
+    # ... and what the overhead subtracts: those delays and the first sentence's stream.
+    delays = dict(
+        service, first_sentence_stream_s=first_sentence_stream_s(reply, args.token_interval)
+    )
+    world_delays.update(delays)
     if args.nice:
         os.nice(args.nice)  # before any thread/child starts: they inherit it
     n = 5 if args.quick else args.turns
@@ -554,7 +561,7 @@ def main() -> None:
         variants.append(("speculation off", {"BACKTALK_SPECULATIVE_RETRIEVAL": "false"}, ()))
     if args.baseline:
         variants.append(("Pipecat only (baseline)", {}, BACKTALK_STAGES))
-    with voice_world(delays, reply=reply) as world:
+    with voice_world(service, reply=reply) as world:
         add_pg_info(info, world)
         for label, env, dropped in variants:
             log(f"== {label}: {n} turns")
@@ -606,7 +613,6 @@ def main() -> None:
         "machine": info,
         "delays": delays,
         "reply": reply,
-        "first_sentence_stream_s": world_stream_s["first_sentence"],
         "settings": {
             k: v
             for k, v in settings().model_dump().items()
