@@ -1,7 +1,5 @@
 """Every engine Backtalk opens searches the HNSW index with the same candidate list."""
 
-import asyncio
-
 import pytest
 from conftest import sqlalchemy_url
 from sqlalchemy import text
@@ -26,13 +24,10 @@ def test_the_cli_engine_searches_with_backtalks_ef_search(database_url):
 
 
 @pytest.mark.parametrize("factory", [make_async_engine, make_retrieval_engine])
-def test_async_engines_search_with_backtalks_ef_search(database_url, factory):
-    async def show():
-        engine = factory(sqlalchemy_url(database_url))
-        try:
-            async with engine.connect() as conn:
-                return (await conn.execute(text("SHOW hnsw.ef_search"))).scalar()
-        finally:
-            await engine.dispose()
-
-    assert asyncio.run(show()) == str(HNSW_EF_SEARCH)
+async def test_async_engines_search_with_backtalks_ef_search(database_url, factory):
+    engine = factory(sqlalchemy_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SHOW hnsw.ef_search"))).scalar() == str(HNSW_EF_SEARCH)
+    finally:
+        await engine.dispose()
