@@ -375,15 +375,10 @@ async def run_variant(
 
 def _outcome(t: dict) -> str:
     d = t["stats_delta"]
-    return (
-        "ready hit"
-        if d.get("ready_hits")
-        else "hit (waited)"
-        if d.get("hits")
-        else "miss"
-        if d.get("misses")
-        else "–"
-    )
+    for key, outcome in (("ready_hits", "ready hit"), ("hits", "hit (waited)"), ("misses", "miss")):
+        if d.get(key):
+            return outcome
+    return "–"
 
 
 def markdown(variants, info, delays) -> str:
