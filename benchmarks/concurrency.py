@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,7 +217,9 @@ def profile_summary(raw_path) -> dict:
     }
 
 
-async def level(resources, fakes, n: int, warmup_s: float, window_s: float, profile: bool) -> dict:
+async def level(
+    resources, fakes, n: int, warmup_s: float, window_s: float, profile_raw: Path | None
+) -> dict:
     import psutil
 
     proc = psutil.Process()
@@ -293,8 +296,8 @@ async def level(resources, fakes, n: int, warmup_s: float, window_s: float, prof
             and result["overhead_p95"] is not None
             and result["overhead_p95"] <= P95_LIMIT_S
         )
-        if profile:
-            raw = RESULTS / f"concurrency_profile_n{n}.raw.txt"
+        if profile_raw is not None:
+            raw = profile_raw
             spy = py_spy(os.getpid(), 15, raw)
             if spy is not None:
                 await asyncio.sleep(16)
@@ -321,7 +324,7 @@ async def level(resources, fakes, n: int, warmup_s: float, window_s: float, prof
     return result
 
 
-async def levels_main(world, ns, warmup_s, window_s, profile_n) -> list[dict]:
+async def levels_main(world, ns, warmup_s, window_s, profile_n, name: str) -> list[dict]:
     resources = await open_resources(settings())
     texts = [MANIFEST[f]["text"] for f in TURN_FIXTURES]
     world.fakes.ctl("cycle", texts=texts)
@@ -329,7 +332,14 @@ async def levels_main(world, ns, warmup_s, window_s, profile_n) -> list[dict]:
     try:
         for n in ns:
             out.append(
-                await level(resources, world.fakes, n, warmup_s, window_s, profile=(n == profile_n))
+                await level(
+                    resources,
+                    world.fakes,
+                    n,
+                    warmup_s,
+                    window_s,
+                    RESULTS / f"{name}_profile_n{n}.raw.txt" if n == profile_n else None,
+                )
             )
     finally:
         await close_resources(resources)
@@ -620,6 +630,7 @@ def main() -> None:
     ns = [2] if args.quick else args.levels
     window = 9.0 if args.quick else args.window
     sequential = 3 if args.quick else args.sequential
+    name = args.out or ("concurrency_quick" if args.quick else "concurrency")
     t0 = time.perf_counter()
     info = machine_info()
     with voice_world(delays, reply=REPLY) as world:
@@ -631,6 +642,7 @@ def main() -> None:
                 0.0 if args.quick else args.warmup,
                 window,
                 None if args.no_profile or args.quick else max(ns),
+                name,
             )
         )
         leak = None
@@ -649,7 +661,6 @@ def main() -> None:
         "levels": levels,
         "sequential": leak,
     }
-    name = args.out or ("concurrency_quick" if args.quick else "concurrency")
     write_results(name, payload, markdown(levels, leak, info), plot(levels, leak))
 
 

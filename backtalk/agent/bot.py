@@ -98,10 +98,24 @@ class AgentResources:
     def open(cls, settings: Settings, store: Store | None = None) -> AgentResources:
         """Open the store (unless given) and build the embedder and async engine.
 
+        Also limits numpy's BLAS to one thread for the whole process (threadpoolctl).
+        Smart-turn v3 computes its Whisper features with one matrix product per
+        analysis (``pipecat/audio/turn/smart_turn/_whisper_features.py``), which
+        OpenBLAS splits over every core; the extra threads then busy-wait for the next
+        call (OpenBLAS's thread timeout, 2^28 cycles by default: ~0.1 s here). Measured
+        on a 2-core machine: one analysis takes 52 ms wall either way, but 157 ms of CPU
+        with two BLAS threads against 52 ms with one; with 8 conversations in one
+        process, 76-82 % of a core against 60 % (``benchmarks/VOICE.md``, section 4).
+        Nothing a conversation does gains from threaded BLAS (a query embedding is
+        below OpenBLAS's threading threshold).
+
         Raises:
             StoreError: the database cannot be reached.
             EmbedderMismatchError: ``BACKTALK_EMBEDDER`` differs from the library's.
         """
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
         store = store or library_for(settings)
         embedder = embedder_for(settings)
         store.check_embedder(embedder.model, embedder.dimensions)
