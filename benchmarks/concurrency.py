@@ -83,29 +83,17 @@ P95_LIMIT_S = 0.100
 REPLY = "The video covers that."
 
 
-def apply_prototypes(no_deflate: bool, inline_vad: bool) -> list[str]:
+def apply_prototypes(inline_vad: bool) -> list[str]:
     """Prototype patches, applied to this process only (measured against the default).
 
-    * ``no_deflate``: the Deepgram SDK opens its listen websocket with the websockets
-      library's default permessage-deflate; every 20 ms PCM frame is then zlib-compressed
-      (PCM barely compresses). This passes ``compression=None``.
+    (``--no-deflate``, the Deepgram listen websocket without permessage-deflate, was
+    one; it ships since session 4: ``backtalk.agent.services.listen_without_compression``.)
+
     * ``inline_vad``: Pipecat's ``VADAnalyzer.analyze_audio`` runs Silero in a thread pool
       for every 20 ms frame (``run_in_executor``): a thread hand-off and GIL round trip per
       frame per session. This runs it inline on the event loop.
     """
     applied = []
-    if no_deflate:
-        import functools
-
-        import deepgram.listen.v1.client as dg_client
-        import deepgram.listen.v1.raw_client as dg_raw
-
-        for mod in (dg_client, dg_raw):
-            if hasattr(mod, "websockets_client_connect"):
-                mod.websockets_client_connect = functools.partial(
-                    mod.websockets_client_connect, compression=None
-                )
-        applied.append("no-deflate")
     if inline_vad:
         from pipecat.audio.vad.vad_analyzer import VADAnalyzer
 
@@ -605,11 +593,6 @@ def main() -> None:
     )
     p.add_argument("--out", help="results name (default concurrency[_quick])")
     p.add_argument(
-        "--no-deflate",
-        action="store_true",
-        help="prototype: Deepgram STT websocket without permessage-deflate",
-    )
-    p.add_argument(
         "--inline-vad",
         action="store_true",
         help="prototype: Silero VAD inline instead of run_in_executor per frame",
@@ -626,7 +609,7 @@ def main() -> None:
     delays = service_delays(args)
     if args.nice:
         os.nice(args.nice)
-    prototypes = apply_prototypes(args.no_deflate, args.inline_vad)
+    prototypes = apply_prototypes(args.inline_vad)
     ns = [2] if args.quick else args.levels
     window = 9.0 if args.quick else args.window
     sequential = 3 if args.quick else args.sequential

@@ -404,6 +404,11 @@ async def test_spoken_question_is_answered_from_the_transcript(
 
     # The fakes were really hit, and the greeting named the video.
     assert fake_deepgram.listen_connections >= 1
+    # Neither audio websocket offered permessage-deflate: the client would otherwise
+    # compress every 20 ms of microphone PCM (and inflate every chunk of speech).
+    offers = fake_deepgram.extension_offers
+    assert {path for path, _ in offers} == {"/v1/listen", "/v1/speak"}, offers
+    assert not any("permessage-deflate" in offer for _, offer in offers), offers
     assert fake_openai.chat_requests
     assert LECTURE_TITLE in greeting
 
@@ -432,7 +437,7 @@ async def test_spoken_question_is_answered_from_the_transcript(
         "DirectBodyOpenAILLMService",
         "PromptLeakGuard",
         "CitationProcessor",
-        "DeepgramTTSService",
+        "UncompressedDeepgramTTSService",
         "LoopbackOutputTransport",
         "LLMAssistantAggregator",
     }, audio_reach.receivers

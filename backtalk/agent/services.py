@@ -7,6 +7,8 @@ OpenAI-compatible server or a local fake can stand in).
 
 from __future__ import annotations
 
+import functools
+
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
@@ -41,6 +43,9 @@ from backtalk.processors.citations import strip_citations
 
 __all__ = [
     "DirectBodyOpenAILLMService",
+    "UncompressedDeepgramFluxSTTService",
+    "UncompressedDeepgramTTSService",
+    "listen_without_compression",
     "make_llm",
     "make_stt",
     "make_tts",
@@ -62,6 +67,59 @@ LLM_RETRY_TIMEOUT_S = 5.0
 STT_FINAL_WAIT_S = 1.0
 
 
+#: The Deepgram SDK's generated ``/v1/listen`` clients (Nova; Pipecat's Flux service
+#: opens its own websocket).
+_LISTEN_CLIENT_MODULES = ("deepgram.listen.v1.client", "deepgram.listen.v1.raw_client")
+
+
+def listen_without_compression() -> None:
+    """Open Deepgram Nova's listen websocket without permessage-deflate.
+
+    The Deepgram SDK connects with the ``websockets`` library's default, which offers
+    permessage-deflate; when the server accepts it, the client zlib-compresses every
+    20 ms PCM frame of the microphone, and PCM barely compresses. With 16
+    conversations in one process that compression was 21 % of the event loop's busy
+    time (py-spy; ``benchmarks/VOICE.md``, section 4). Pipecat's own audio websockets
+    turn it off the same way (``AWSTranscribeSTTService``: ``compression=None``).
+
+    The SDK has no option for it. This wraps the connect function its generated
+    listen clients call (the module attribute the SDK's own
+    ``deepgram.transport.install_transport`` replaces) to pass ``compression=None``.
+    It is process-wide and idempotent, and leaves a custom transport installed with
+    ``install_transport`` alone.
+    """
+    import importlib
+
+    from websockets import connect as asyncio_connect
+    from websockets.legacy.client import connect as legacy_connect
+
+    for name in _LISTEN_CLIENT_MODULES:
+        module = importlib.import_module(name)
+        connect = getattr(module, "websockets_client_connect", None)
+        if connect is legacy_connect or connect is asyncio_connect:
+            module.websockets_client_connect = functools.partial(connect, compression=None)
+
+
+class _UncompressedWebsocket:
+    """For Pipecat ``WebsocketService`` subclasses: connect without permessage-deflate.
+
+    Audio travels these sockets as raw PCM, which barely compresses: with compression
+    negotiated, one side deflates and the other inflates every message for nothing.
+    """
+
+    async def _websocket_connect(self, uri: str, **kwargs):
+        kwargs.setdefault("compression", None)
+        return await super()._websocket_connect(uri, **kwargs)  # type: ignore[misc]
+
+
+class UncompressedDeepgramFluxSTTService(_UncompressedWebsocket, DeepgramFluxSTTService):
+    """``DeepgramFluxSTTService`` whose ``/v2/listen`` websocket is not compressed."""
+
+
+class UncompressedDeepgramTTSService(_UncompressedWebsocket, DeepgramTTSService):
+    """``DeepgramTTSService`` whose ``/v1/speak`` websocket is not compressed."""
+
+
 def make_stt(settings: Settings) -> STTService:
     """Deepgram streaming STT with interim results.
 
@@ -70,15 +128,18 @@ def make_stt(settings: Settings) -> STTService:
     (``/v2/listen``) with eager end-of-turn, so the RAG processor retrieves on the
     speculative turn and drops it if the user resumes; Flux then also decides turn
     ends (its recommended strategies apply). ``BACKTALK_DEEPGRAM_BASE_URL`` (e.g.
-    ``ws://127.0.0.1:8080``) replaces Deepgram's endpoint for both.
+    ``ws://127.0.0.1:8080``) replaces Deepgram's endpoint for both. Neither audio
+    websocket is compressed (:func:`listen_without_compression`,
+    :class:`UncompressedDeepgramFluxSTTService`).
     """
     if settings.stt_service == "deepgram_flux":
         base = (settings.deepgram_base_url or "wss://api.deepgram.com").rstrip("/")
-        return DeepgramFluxSTTService(
+        return UncompressedDeepgramFluxSTTService(
             api_key=settings.secret("deepgram_api_key") or "",
             url=f"{base}/v2/listen",
             enable_eager_end_of_turn=True,
         )
+    listen_without_compression()
     return DeepgramSTTService(
         api_key=settings.secret("deepgram_api_key") or "",
         base_url=settings.deepgram_base_url or "",
@@ -142,10 +203,11 @@ def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
 def make_tts(settings: Settings) -> DeepgramTTSService:
     """Deepgram Aura streaming TTS (``/v1/speak`` websocket), without citation tags.
 
-    Citation tags are removed from the text before it is spoken.
+    Citation tags are removed from the text before it is spoken; the websocket is
+    opened without compression (:class:`UncompressedDeepgramTTSService`).
     """
     kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
-    return DeepgramTTSService(
+    return UncompressedDeepgramTTSService(
         api_key=settings.secret("deepgram_api_key") or "",
         settings=DeepgramTTSService.Settings(voice=settings.tts_voice),
         text_transforms=[("*", strip_citations)],

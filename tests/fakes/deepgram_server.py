@@ -128,7 +128,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
     Recorded state is exposed as read-only properties returning copies taken under a
     lock (safe to read from any thread): ``listen_connections``, ``speak_connections``,
     ``listen_queries``, ``listen_control``, ``audio_bytes_received``,
-    ``speak_messages``, ``spoken_texts``, ``auth_headers``, ``clears``,
+    ``speak_messages``, ``spoken_texts``, ``auth_headers``, ``extension_offers``, ``clears``,
     ``unscripted_utterances`` and ``pending_transcripts``; for ``/v2/listen``:
     ``flux_connections``, ``flux_queries``, ``flux_control``, ``flux_sent`` and
     ``flux_audio_bytes_received``.
@@ -167,6 +167,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self._speak_messages: list[dict] = []
         self._spoken_texts: list[str] = []
         self._auth_headers: list[str] = []
+        self._extension_offers: list[tuple[str, str]] = []
         self._clears = 0
         self._unscripted_utterances = 0
         self._flux_connections = 0
@@ -210,6 +211,10 @@ class FakeDeepgram(ThreadedAiohttpServer):
     spoken_texts = _recorded("_spoken_texts", "Text of every Speak message, in order.")
     auth_headers = _recorded(
         "_auth_headers", "Authorization header of every websocket attempt ('' if missing)."
+    )
+    extension_offers = _recorded(
+        "_extension_offers",
+        "(path, Sec-WebSocket-Extensions header) of every websocket attempt ('' if none).",
     )
     clears = _recorded("_clears", "Clear messages received on /v1/speak.")
     unscripted_utterances = _recorded(
@@ -272,6 +277,9 @@ class FakeDeepgram(ThreadedAiohttpServer):
         auth = request.headers.get("Authorization", "")
         with self._lock:
             self._auth_headers.append(auth)
+            self._extension_offers.append(
+                (request.path, request.headers.get("Sec-WebSocket-Extensions", ""))
+            )
         scheme, _, key = auth.partition(" ")
         if scheme not in ("Token", "Bearer") or not key.strip():
             body = {
