@@ -127,7 +127,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
 
     Recorded state is exposed as read-only properties returning copies taken under a
     lock (safe to read from any thread): ``listen_connections``, ``speak_connections``,
-    ``listen_queries``, ``listen_control``, ``audio_bytes_received``,
+    ``listen_queries``, ``listen_control``, ``listen_log``, ``audio_bytes_received``,
     ``speak_messages``, ``spoken_texts``, ``auth_headers``, ``extension_offers``, ``clears``,
     ``unscripted_utterances`` and ``pending_transcripts``; for ``/v2/listen``:
     ``flux_connections``, ``flux_queries``, ``flux_control``, ``flux_sent`` and
@@ -164,6 +164,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self._listen_queries: list[dict] = []
         self._listen_control: list[dict] = []
         self._audio_bytes_received = 0
+        self._listen_log: list[tuple[str, int | str]] = []
         self._speak_messages: list[dict] = []
         self._spoken_texts: list[str] = []
         self._auth_headers: list[str] = []
@@ -205,6 +206,10 @@ class FakeDeepgram(ThreadedAiohttpServer):
         "_listen_control", "JSON messages received on /v1/listen (Finalize, KeepAlive, ...)."
     )
     audio_bytes_received = _recorded("_audio_bytes_received", "Audio bytes on /v1/listen.")
+    listen_log = _recorded(
+        "_listen_log",
+        "/v1/listen messages in arrival order: ('audio', bytes) or ('control', type).",
+    )
     speak_messages = _recorded(
         "_speak_messages", "JSON messages received on /v1/speak (Speak, Flush, Clear, Close)."
     )
@@ -311,12 +316,14 @@ class FakeDeepgram(ThreadedAiohttpServer):
                 if msg.type == WSMsgType.BINARY:
                     with self._lock:
                         self._audio_bytes_received += len(msg.data)
+                        self._listen_log.append(("audio", len(msg.data)))
                     for result in recogniser.feed(msg.data):
                         await _send(ws, result)
                 elif msg.type == WSMsgType.TEXT:
                     control = json.loads(msg.data)
                     with self._lock:
                         self._listen_control.append(control)
+                        self._listen_log.append(("control", str(control.get("type"))))
                     kind = control.get("type")
                     if kind == "Finalize":
                         task = asyncio.create_task(finalize_later())
