@@ -431,7 +431,7 @@ async def test_spoken_question_is_answered_from_the_transcript(
     # The microphone's audio reached the STT and the user aggregator (VAD, turn model)
     # and went no further: 50 frames a second through the rest of the pipeline (and
     # every observer at each hop) would be CPU spent per conversation for nothing.
-    assert {"ChunkedDeepgramSTTService", "LLMUserAggregator"} <= audio_reach.receivers
+    assert {"DeepgramSTTService", "LLMUserAggregator"} <= audio_reach.receivers
     assert not audio_reach.receivers & {
         "RAGContextProcessor",
         "DirectBodyOpenAILLMService",

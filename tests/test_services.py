@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from fakes import FakeDeepgram, FakeOpenAI
+from fakes import FakeOpenAI
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import InputAudioRawFrame, VADUserStoppedSpeakingFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.openai.llm import OpenAILLMService
-from pipecat.tests.utils import SleepFrame, run_test
 
-from backtalk.agent.services import DirectBodyOpenAILLMService, make_llm, make_stt
+from backtalk.agent.services import DirectBodyOpenAILLMService, make_llm
 from backtalk.config import Settings
 
 SEARCH = FunctionSchema(
@@ -73,27 +70,3 @@ async def test_direct_body_keeps_extra_body_from_settings() -> None:
 def test_make_llm_uses_the_direct_body_service() -> None:
     llm = make_llm(Settings(openai_api_key="sk-test"), "Be brief.")
     assert isinstance(llm, DirectBodyOpenAILLMService)
-
-
-@pytest.fixture
-def deepgram_env(monkeypatch):
-    with FakeDeepgram() as fake:
-        monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test")
-        monkeypatch.setenv("BACKTALK_DEEPGRAM_BASE_URL", fake.base_url)
-        yield fake
-
-
-async def test_nova_hears_the_microphone_in_40_ms_messages_all_of_it_before_finalize(
-    deepgram_env: FakeDeepgram,
-) -> None:
-    # Five 20 ms input frames (16 kHz mono linear16: 640 bytes each), then the VAD's end of
-    # speech: two 40 ms messages, the last frame sent on its own ahead of Finalize.
-    frame = InputAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1)
-    await run_test(
-        make_stt(Settings()),
-        frames_to_send=[frame] * 5 + [VADUserStoppedSpeakingFrame(stop_secs=0.2), SleepFrame(0.3)],
-        expected_down_frames=None,
-    )
-    log = deepgram_env.listen_log
-    assert log[:4] == [("audio", 1280), ("audio", 1280), ("audio", 640), ("control", "Finalize")]
-    assert deepgram_env.audio_bytes_received == 5 * 640

@@ -18,9 +18,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     Frame,
     ProposedUserStartedSpeakingFrame,
-    VADUserStoppedSpeakingFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
@@ -44,7 +42,6 @@ from backtalk.config import Settings
 from backtalk.processors.citations import strip_citations
 
 __all__ = [
-    "ChunkedDeepgramSTTService",
     "DirectBodyOpenAILLMService",
     "UncompressedDeepgramFluxSTTService",
     "UncompressedDeepgramTTSService",
@@ -103,55 +100,6 @@ def listen_without_compression() -> None:
             module.websockets_client_connect = functools.partial(connect, compression=None)
 
 
-#: Seconds of microphone audio per websocket message to Deepgram Nova (two 20 ms frames).
-STT_CHUNK_S = 0.04
-
-
-class ChunkedDeepgramSTTService(DeepgramSTTService):
-    """``DeepgramSTTService`` that sends the microphone in ``chunk_s`` messages.
-
-    Pipecat sends every input frame (20 ms) as its own websocket message, and each one
-    costs the event loop a frame header, a random mask (``os.urandom``) and a
-    ``send()`` system call: with 12 conversations in one process those sends were 31 %
-    of the event loop's busy time (py-spy; ``benchmarks/VOICE.md``, section 4).
-    Deepgram takes raw PCM (``linear16``) in any chunking; this joins
-    ``chunk_s`` of audio per message. Audio still held when the VAD reports the end of
-    speech is sent before Pipecat's ``Finalize``, so the final transcript covers all of
-    it; an interim transcript can be at most one input frame later.
-
-    Args:
-        chunk_s: Seconds of audio per message (default :data:`STT_CHUNK_S`).
-        **kwargs: ``DeepgramSTTService``'s arguments.
-    """
-
-    def __init__(self, *, chunk_s: float = STT_CHUNK_S, **kwargs):
-        super().__init__(**kwargs)
-        self._chunk_s = chunk_s
-        self._sample_bytes = 2 * kwargs.get("channels", 1)  # linear16, interleaved
-        self._pending = bytearray()
-
-    async def run_stt(self, audio: bytes):
-        """Hold ``audio`` until a chunk is full, then send the chunk."""
-        self._pending += audio
-        if len(self._pending) < int(self.sample_rate * self._chunk_s) * self._sample_bytes:
-            yield None
-            return
-        async for frame in self._send_pending():
-            yield frame
-
-    async def _send_pending(self):
-        chunk, self._pending = bytes(self._pending), bytearray()
-        async for frame in super().run_stt(chunk):
-            yield frame
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        """Send held audio ahead of the ``Finalize`` the end of speech triggers."""
-        if isinstance(frame, VADUserStoppedSpeakingFrame) and self._pending:
-            async for _ in self._send_pending():
-                pass
-        await super().process_frame(frame, direction)
-
-
 class _UncompressedWebsocket:
     """For Pipecat ``WebsocketService`` subclasses: connect without permessage-deflate.
 
@@ -180,8 +128,7 @@ def make_stt(settings: Settings) -> STTService:
     (``/v2/listen``) with eager end-of-turn, so the RAG processor retrieves on the
     speculative turn and drops it if the user resumes; Flux then also decides turn
     ends (its recommended strategies apply). ``BACKTALK_DEEPGRAM_BASE_URL`` (e.g.
-    ``ws://127.0.0.1:8080``) replaces Deepgram's endpoint for both. Nova gets the
-    microphone in 40 ms messages (:class:`ChunkedDeepgramSTTService`). Neither audio
+    ``ws://127.0.0.1:8080``) replaces Deepgram's endpoint for both. Neither audio
     websocket is compressed (:func:`listen_without_compression`,
     :class:`UncompressedDeepgramFluxSTTService`).
     """
@@ -193,7 +140,7 @@ def make_stt(settings: Settings) -> STTService:
             enable_eager_end_of_turn=True,
         )
     listen_without_compression()
-    return ChunkedDeepgramSTTService(
+    return DeepgramSTTService(
         api_key=settings.secret("deepgram_api_key") or "",
         base_url=settings.deepgram_base_url or "",
         ttfs_p99_latency=STT_FINAL_WAIT_S,
