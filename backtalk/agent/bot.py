@@ -104,8 +104,8 @@ class AgentResources:
         OpenBLAS splits over every core; the extra threads then busy-wait for the next
         call (OpenBLAS's thread timeout, 2^28 cycles by default: ~0.1 s here). Measured
         on a 2-core machine: one analysis takes 52 ms wall either way, but 157 ms of CPU
-        with two BLAS threads against 52 ms with one; with 8 conversations in one
-        process, 76-82 % of a core against 60 % (``benchmarks/VOICE.md``, section 4).
+        with two BLAS threads against 52 ms with one; a process holding 12-16
+        conversations used ~6 % less CPU (``benchmarks/VOICE.md``, section 4).
         Nothing a conversation does gains from threaded BLAS (a query embedding is
         below OpenBLAS's threading threshold).
 

@@ -77,10 +77,12 @@ def listen_without_compression() -> None:
 
     The Deepgram SDK connects with the ``websockets`` library's default, which offers
     permessage-deflate; when the server accepts it, the client zlib-compresses every
-    20 ms PCM frame of the microphone, and PCM barely compresses. With 16
-    conversations in one process that compression was 21 % of the event loop's busy
-    time (py-spy; ``benchmarks/VOICE.md``, section 4). Pipecat's own audio websockets
-    turn it off the same way (``AWSTranscribeSTTService``: ``compression=None``).
+    20 ms PCM frame of the microphone, and PCM barely compresses. Measured against a
+    server that accepts it: streaming the microphone took 10.1 ms of event-loop CPU per
+    second of audio with it and 9.0 ms without (``benchmarks/stt_send.py``; medians of
+    five noisy rounds), and a process holding 8-16 conversations used ~5 % less CPU
+    (``benchmarks/VOICE.md``, section 4). Pipecat's own audio websockets turn it off
+    the same way (``AWSTranscribeSTTService``: ``compression=None``).
 
     The SDK has no option for it. This wraps the connect function its generated
     listen clients call (the module attribute the SDK's own
