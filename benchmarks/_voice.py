@@ -1038,6 +1038,21 @@ async def wait_until(predicate, timeout: float, what: str = "", poll: float = 0.
         await asyncio.sleep(poll)
 
 
+async def wait_all_ready(tasks, ready: list, what: str, timeout: float = 120.0) -> None:  # noqa: ASYNC109
+    """Wait until every one of ``tasks`` (the sessions of a level) has appended to ``ready``.
+
+    Raises the first session's exception as soon as one fails, or ``TimeoutError``.
+    """
+    started = time.monotonic()
+    while len(ready) < len(tasks):
+        for t in tasks:
+            if t.done() and t.exception():
+                raise t.exception()
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"only {len(ready)}/{len(tasks)} {what} greeted")
+        await asyncio.sleep(0.1)
+
+
 @dataclass
 class TurnRecord:
     """One turn. Times are seconds relative to the user's last sound (ground truth)."""

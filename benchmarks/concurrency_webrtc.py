@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import signal
-import sys
 import time
 from typing import Any
-
-import numpy as np
 
 from benchmarks._common import (
     ROOT,
@@ -40,6 +38,7 @@ from benchmarks._common import (
 )
 from benchmarks._voice import (
     AUDIO,
+    LECTURE,
     MANIFEST,
     TURN_FIXTURES,
     add_pg_info,
@@ -48,22 +47,10 @@ from benchmarks._voice import (
     pct,
     service_delays,
     voice_world,
+    wait_all_ready,
+    wait_until,
 )
-
-CPU_LIMIT_MACHINE_PCT = 70.0
-P95_LIMIT_S = 0.100
-REPLY = "The video covers that."
-LECTURE = ROOT / "tests" / "fixtures" / "transcripts" / "gradient_descent_lecture.json"
-
-
-async def poll(predicate, timeout_s: float, step_s: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds (True) or ``timeout_s`` passes (False)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step_s)
-    return False
+from benchmarks.concurrency import CPU_LIMIT_MACHINE_PCT, P95_LIMIT_S, passes
 
 
 async def client_loop(base: str, index: int, stop: asyncio.Event, ready: list[int]) -> dict:
@@ -78,11 +65,11 @@ async def client_loop(base: str, index: int, stop: asyncio.Event, ready: list[in
     await client.connect(timeout_s=60)
     speaker = client.loudspeaker
     try:
-        greeted = await poll(
-            lambda: speaker.first_audible_at() is not None and speaker.quiet_for(0.8), 60
+        await wait_until(
+            lambda: speaker.first_audible_at() is not None and speaker.quiet_for(0.8),
+            60,
+            f"client {index}'s greeting",
         )
-        if not greeted:
-            raise TimeoutError(f"client {index} heard no greeting")
         ready.append(index)
         turn = index
         while not stop.is_set():
@@ -90,12 +77,13 @@ async def client_loop(base: str, index: int, stop: asyncio.Event, ready: list[in
             clip = mic.play(clips[turn % len(clips)])
             turn += 1
             await clip.done.wait()
-            await poll(
-                lambda since=asked: (
-                    speaker.first_audible_at(since + 0.1) is not None and speaker.quiet_for(0.3)
-                ),
-                15,
-            )
+            with contextlib.suppress(TimeoutError):  # unanswered: ask the next question
+                await wait_until(
+                    lambda since=asked: (
+                        speaker.first_audible_at(since + 0.1) is not None and speaker.quiet_for(0.3)
+                    ),
+                    15,
+                )
             await asyncio.sleep(rng.uniform(0.5, 1.5))
     finally:
         await client.close()
@@ -120,14 +108,7 @@ async def level(base: str, talk_pid: int, n: int, warmup_s: float, window_s: flo
     stop = asyncio.Event()
     ready: list[int] = []
     tasks = [asyncio.create_task(client_loop(base, i, stop, ready)) for i in range(n)]
-    t_ready = time.monotonic()
-    while len(ready) < n:
-        for t in tasks:
-            if t.done() and t.exception():
-                raise t.exception()
-        if time.monotonic() - t_ready > 120:
-            raise TimeoutError(f"only {len(ready)}/{n} clients greeted")
-        await asyncio.sleep(0.1)
+    await wait_all_ready(tasks, ready, "clients")
     await asyncio.sleep(warmup_s)
     b0, c0, w0 = bot.cpu_times(), me.cpu_times(), time.monotonic()
     psutil.cpu_percent(None)
@@ -159,11 +140,7 @@ async def level(base: str, talk_pid: int, n: int, warmup_s: float, window_s: flo
         "end_of_turn_p50": pct([d["end_of_turn_s"] for d in turns], 50),
         "rss_mb": bot.memory_info().rss / 2**20,
     }
-    out["pass"] = (
-        out["cpu_pct_machine"] < CPU_LIMIT_MACHINE_PCT
-        and out["overhead_p95"] is not None
-        and out["overhead_p95"] <= P95_LIMIT_S
-    )
+    out["pass"] = passes(out)
     log(
         f"N={n:2}: talk CPU {cpu:5.1f}% of a core, "
         f"clients {out['clients_cpu_pct_one_core']:5.1f}%, "
@@ -253,11 +230,10 @@ def main() -> None:
     ns = [1] if args.quick else args.levels
     window = 10.0 if args.quick else args.window
     name = args.out or ("concurrency_webrtc_quick" if args.quick else "concurrency_webrtc")
-    sys.path.insert(0, str(ROOT / "tests"))
     from processes import free_port, start_backtalk, wait_serving
 
     info = machine_info()
-    with voice_world(delays, reply=REPLY) as world:
+    with voice_world(delays) as world:
         add_pg_info(info, world)
         world.fakes.ctl("cycle", texts=[MANIFEST[f]["text"] for f in TURN_FIXTURES])
         port = free_port()
@@ -289,7 +265,6 @@ def main() -> None:
         "levels": levels,
         "load_avg_end": os.getloadavg(),
         "turn_fixtures": list(TURN_FIXTURES),
-        "mean_turns_per_level": float(np.mean([r["turns_in_window"] for r in levels])),
     }
     write_results(name, payload, markdown(levels, info, delays), plot(levels))
 
