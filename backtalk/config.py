@@ -85,6 +85,9 @@ class Settings(BaseSettings):
             speaks; 1 interrupts on any speech (VAD), 2+ lets backchannels through.
         smart_turn_stop_secs: the longest silence, seconds, smart-turn waits while it
             scores the turn unfinished.
+        audio_in_frame_s: ``BACKTALK_AUDIO_IN_FRAME_S``; length, seconds, of the input
+            audio frames the pipeline gets (the transport's 20 ms frames are joined).
+            Unset: 0.032 with Nova, 0.08 with Flux (see :attr:`audio_in_frame`).
     """
 
     model_config = SettingsConfigDict(
@@ -148,6 +151,7 @@ class Settings(BaseSettings):
     #: question smart-turn misjudges as unfinished then waits 1.27 s instead of 3.26 s,
     #: with no more mid-sentence cut-offs than at 3.0.
     smart_turn_stop_secs: float = Field(default=1.0, gt=0)
+    audio_in_frame_s: float | None = Field(default=None, ge=0, le=0.5)
 
     @field_validator("transcript_languages", mode="before")
     @classmethod
@@ -234,6 +238,21 @@ class Settings(BaseSettings):
         if self.speculative_retrieval is not None:
             return self.speculative_retrieval
         return self.stt_service != "deepgram_flux"
+
+    @property
+    def audio_in_frame(self) -> float:
+        """Seconds of microphone audio per input frame (``audio_in_frame_s``).
+
+        Unset: 0.032 with Nova, one Silero VAD window (512 samples at 16 kHz), which
+        cuts the pipeline's frames by 37.5 % against WebRTC's 20 ms and keeps VAD
+        decisions window-exact (:mod:`backtalk.agent.audio`). 0.08 with Flux: Deepgram
+        "strongly recommends" 80 ms chunks "for optimal model performance and latency"
+        (developers.deepgram.com/docs/flux/quickstart), and Flux, not the local VAD,
+        decides when a turn starts and ends.
+        """
+        if self.audio_in_frame_s is not None:
+            return self.audio_in_frame_s
+        return 0.08 if self.stt_service == "deepgram_flux" else 0.032
 
     @property
     def embedded_store_dir(self) -> Path:

@@ -1129,9 +1129,11 @@ class VoiceSession:
         from pipecat.workers.runner import WorkerRunner
         from transports import LoopbackTransport
 
+        from backtalk.agent.audio import transport_params
         from backtalk.agent.bot import TalkSession, build_conversation
 
-        self.transport = LoopbackTransport()
+        # The product's transport settings (input audio joined into 40 ms frames).
+        self.transport = LoopbackTransport(transport_params(self.resources.settings))
         self.probe = make_probe(self.trace)
         videos = self.resources.store.list_videos()
         self.conversation = await build_conversation(

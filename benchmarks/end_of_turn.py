@@ -76,6 +76,11 @@ def to(timeout: float, vad: float = 0.2) -> dict[str, str]:
     }
 
 
+def frames(frame_s: float) -> dict[str, str]:
+    """The shipped turn detection with the microphone's 20 ms frames joined to ``frame_s``."""
+    return {**st(1.0), "BACKTALK_AUDIO_IN_FRAME_S": str(frame_s)}
+
+
 #: (label, group, settings env, fake-service overrides)
 CONFIGS: list[tuple[str, str, dict[str, str], dict[str, float]]] = [
     ("smart-turn stop 3.0 (default)", "smart-turn stop_secs", st(3.0), {}),
@@ -100,6 +105,10 @@ CONFIGS: list[tuple[str, str, dict[str, str], dict[str, float]]] = [
     ("speech_timeout 0.6, VAD stop 0.3", "combination", to(0.6, 0.3), {}),
     ("smart-turn 1.0, VAD stop 0.4", "combination", st(1.0, 0.4), {}),
     ("smart-turn 1.0, VAD stop 0.5", "combination", st(1.0, 0.5), {}),
+    # Input audio frame length (Settings.audio_in_frame; 40 ms is the default with Nova).
+    ("smart-turn 1.0, 20 ms input frames", "input frames", frames(0.02), {}),
+    ("smart-turn 1.0, 40 ms input frames", "input frames", frames(0.04), {}),
+    ("smart-turn 1.0, 80 ms input frames", "input frames", frames(0.08), {}),
 ]
 QUICK = [CONFIGS[0], CONFIGS[7]]
 

@@ -39,6 +39,7 @@ async def run_mode(mode: str, questions: list[str], ttft_s: float, database_url:
     from test_conversation_text import grounded_reply, last_user_text
     from transports import LoopbackTransport
 
+    from backtalk.agent.audio import transport_params
     from backtalk.agent.bot import AgentResources, TalkSession, build_conversation
     from backtalk.config import Settings
 
@@ -70,7 +71,7 @@ async def run_mode(mode: str, questions: list[str], ttft_s: float, database_url:
         )
         resources = AgentResources.open(Settings())
         videos = resources.store.list_videos()
-        transport = LoopbackTransport()
+        transport = LoopbackTransport(transport_params(resources.settings))
         conversation = await build_conversation(
             transport, TalkSession(videos=videos), resources, transport_name="bench",
             idle_timeout_secs=None,

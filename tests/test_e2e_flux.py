@@ -152,6 +152,9 @@ async def test_flux_question_is_answered_with_retrieval_started_on_eager_end_of_
 
     # Flux, not Nova, transcribed the turn: one turn, eager then final, same transcript.
     assert fake_deepgram.flux_connections >= 1 and fake_deepgram.listen_connections == 0
+    # The microphone's 20 ms frames reached Flux as the 80 ms chunks Deepgram recommends
+    # for it (Settings.audio_in_frame): 16 kHz PCM16 = 2560 bytes per message.
+    assert set(fake_deepgram.flux_audio_messages) == {2560}
     offers = fake_deepgram.extension_offers  # no permessage-deflate on the audio sockets
     assert {path for path, _ in offers} == {"/v2/listen", "/v1/speak"}, offers
     assert not any("permessage-deflate" in offer for _, offer in offers), offers

@@ -41,6 +41,7 @@ from pipecat.workers.runner import WorkerRunner
 from transports import MIC_FRAME_S, SPEECH_RMS, LoopbackTransport, load_wav
 from typer.testing import CliRunner
 
+from backtalk.agent.audio import transport_params
 from backtalk.agent.bot import AgentResources, Conversation, TalkSession, build_conversation
 from backtalk.cli import app
 from backtalk.config import Settings
@@ -298,7 +299,7 @@ async def running_conversation(
     afterwards disconnect, and check that nothing is left running."""
     resources = AgentResources.open(settings)
     runner_task: asyncio.Task | None = None
-    transport = LoopbackTransport()
+    transport = LoopbackTransport(transport_params(settings))
     turns = TurnEvents()
     try:
         conversation = await build_conversation(
@@ -404,8 +405,12 @@ async def test_spoken_question_is_answered_from_the_transcript(
 
     # The fakes were really hit, and the greeting named the video.
     assert fake_deepgram.listen_connections >= 1
+    # The microphone's 20 ms frames reached Deepgram regrouped into 32 ms messages
+    # (Settings.audio_in_frame): 512 samples of 16 kHz PCM16 = 1024 bytes each.
+    audio = [n for kind, n in fake_deepgram.listen_log if kind == "audio"]
+    assert set(audio) == {1024}, sorted(set(audio))
     # Neither audio websocket offered permessage-deflate: the client would otherwise
-    # compress every 20 ms of microphone PCM (and inflate every chunk of speech).
+    # compress every message of microphone PCM (and inflate every chunk of speech).
     offers = fake_deepgram.extension_offers
     assert {path for path, _ in offers} == {"/v1/listen", "/v1/speak"}, offers
     assert not any("permessage-deflate" in offer for _, offer in offers), offers

@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import aiohttp
 from loguru import logger
 from pipecat.runner.types import RunnerArguments
-from pipecat.transports.base_transport import TransportParams
 
+from backtalk.agent.audio import transport_params
 from backtalk.agent.bot import AgentResources, TalkSession, run_conversation
 from backtalk.errors import UsageError
 
@@ -57,10 +57,10 @@ def make_bot(resources: AgentResources, session: TalkSession):
         transport = await create_transport(
             runner_args,
             {
-                "daily": lambda: DailyParams(audio_in_enabled=True, audio_out_enabled=True),
-                "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+                "daily": lambda: transport_params(resources.settings, DailyParams),
+                "webrtc": lambda: transport_params(resources.settings),
                 # Pipecat's eval harness (`pipecat eval run ... --bot-url ws://HOST:PORT/ws`).
-                "eval": lambda: EvalTransportParams(audio_in_enabled=True, audio_out_enabled=True),
+                "eval": lambda: transport_params(resources.settings, EvalTransportParams),
             },
         )
         name = type(transport).__name__.removesuffix("Transport").lower()
@@ -144,7 +144,7 @@ async def run_daily(
         room_url,
         token,
         "Backtalk",
-        DailyParams(audio_in_enabled=True, audio_out_enabled=True),
+        transport_params(settings, DailyParams),
     )
     await run_conversation(
         transport, session, resources, transport_name="daily", handle_sigint=True

@@ -130,8 +130,8 @@ class FakeDeepgram(ThreadedAiohttpServer):
     ``listen_queries``, ``listen_control``, ``listen_log``, ``audio_bytes_received``,
     ``speak_messages``, ``spoken_texts``, ``auth_headers``, ``extension_offers``, ``clears``,
     ``unscripted_utterances`` and ``pending_transcripts``; for ``/v2/listen``:
-    ``flux_connections``, ``flux_queries``, ``flux_control``, ``flux_sent`` and
-    ``flux_audio_bytes_received``.
+    ``flux_connections``, ``flux_queries``, ``flux_control``, ``flux_sent``,
+    ``flux_audio_bytes_received`` and ``flux_audio_messages``.
     """
 
     def __init__(
@@ -176,6 +176,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self._flux_control: list[dict] = []
         self._flux_sent: list[dict] = []
         self._flux_audio_bytes_received = 0
+        self._flux_audio_messages: list[int] = []
 
     # -- scripting and recorded state (thread-safe) -------------------------------------
 
@@ -242,6 +243,9 @@ class FakeDeepgram(ThreadedAiohttpServer):
     )
     flux_audio_bytes_received = _recorded(
         "_flux_audio_bytes_received", "Audio bytes on /v2/listen."
+    )
+    flux_audio_messages = _recorded(
+        "_flux_audio_messages", "Size in bytes of each audio message on /v2/listen, in order."
     )
 
     def flux_events(self) -> list[tuple[str, str]]:
@@ -359,6 +363,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
                 if msg.type == WSMsgType.BINARY:
                     with self._lock:
                         self._flux_audio_bytes_received += len(msg.data)
+                        self._flux_audio_messages.append(len(msg.data))
                     await send(recogniser.feed(msg.data))
                     continue
                 if msg.type != WSMsgType.TEXT:
