@@ -105,8 +105,9 @@ CONFIGS: list[tuple[str, str, dict[str, str], dict[str, float]]] = [
     ("speech_timeout 0.6, VAD stop 0.3", "combination", to(0.6, 0.3), {}),
     ("smart-turn 1.0, VAD stop 0.4", "combination", st(1.0, 0.4), {}),
     ("smart-turn 1.0, VAD stop 0.5", "combination", st(1.0, 0.5), {}),
-    # Input audio frame length (Settings.audio_in_frame; 40 ms is the default with Nova).
+    # Input audio frame length (Settings.audio_in_frame; 32 ms is the default with Nova).
     ("smart-turn 1.0, 20 ms input frames", "input frames", frames(0.02), {}),
+    ("smart-turn 1.0, 32 ms input frames (default)", "input frames", frames(0.032), {}),
     ("smart-turn 1.0, 40 ms input frames", "input frames", frames(0.04), {}),
     ("smart-turn 1.0, 80 ms input frames", "input frames", frames(0.08), {}),
 ]
