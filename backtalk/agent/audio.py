@@ -109,7 +109,9 @@ class InputAudioCoalescer(BaseAudioFilter):
         return out
 
 
-def transport_params(settings: Settings, params_class: type[TransportParams] = TransportParams):
+def transport_params(
+    settings: Settings, params_class: type[TransportParams] = TransportParams
+) -> TransportParams:
     """The input and output settings every Backtalk transport is built with.
 
     Args:
