@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,58 @@ def timer() -> Iterator[list[float]]:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- CPU per second of audio, variant against variant --------------------------------------
+
+
+def cpu_rounds(
+    variants: Sequence[Any], rounds: int, run: Callable[[Any], float], label: Callable[[Any], str]
+) -> dict[Any, list[float]]:
+    """Measure every variant once per round, reversing the order each round (ABC, CBA, ...).
+
+    Drift in the machine's speed then falls on all variants alike.
+
+    Args:
+        variants: What to compare.
+        rounds: How many times to measure each.
+        run: Measures one variant; CPU seconds per second of audio.
+        label: How a variant is named in the log.
+
+    Returns:
+        Each variant's measurements, in round order.
+    """
+    cpu: dict[Any, list[float]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in variants if r % 2 == 0 else list(reversed(variants)):
+            cpu[v].append(run(v))
+            log(f"round {r + 1} {label(v)}: {1e3 * cpu[v][-1]:.2f} ms CPU per s of audio")
+    return cpu
+
+
+def cpu_cells(samples: Sequence[float], base: Sequence[float], digits: int = 1) -> list[str]:
+    """Table cells for one variant of :func:`cpu_rounds`: median ms per s of audio, its
+    range, the median as a share of one core, and the change against ``base``'s median."""
+    med = float(np.median(samples))
+    return [
+        f"{1e3 * med:.{digits}f}",
+        f"{1e3 * min(samples):.{digits}f}-{1e3 * max(samples):.{digits}f}",
+        f"{100 * med:.{digits}f} %",
+        f"{100 * (med / float(np.median(base)) - 1):+.0f} %",
+    ]
+
+
+def cpu_figure(labels: Sequence[str], samples: Sequence[Sequence[float]], ylabel: str, title: str):
+    """A bar per variant at its median (ms per s of audio), each round a dot on it."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, values in enumerate(samples):
+        ax.bar(i, 1e3 * float(np.median(values)), color="#4c72b0")
+        ax.plot([i] * len(values), [1e3 * c for c in values], "k.", ms=4)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return fig
 
 
 # -- output ------------------------------------------------------------------------------

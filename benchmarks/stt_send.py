@@ -27,11 +27,12 @@ import time
 import numpy as np
 
 from benchmarks._common import (
-    log,
+    cpu_cells,
+    cpu_figure,
+    cpu_rounds,
     machine_info,
     machine_markdown,
     md_table,
-    pyplot,
     write_results,
 )
 from benchmarks._voice import TESTS  # noqa: F401  (puts tests/ on sys.path for the fakes)
@@ -140,27 +141,16 @@ def main() -> None:
 
     logger.remove()
     variants = ["stock", "no-deflate", "chunked"]
-    cpu: dict[str, list[float]] = {v: [] for v in variants}
     with FakeDeepgram() as fake:
-        for r in range(args.rounds):
-            for v in variants if r % 2 == 0 else reversed(variants):
-                cpu[v].append(asyncio.run(one_run(v, args.seconds, fake.base_url)))
-                log(f"round {r + 1} {v:10}: {1e3 * cpu[v][-1]:.2f} ms CPU per second of audio")
+        cpu = cpu_rounds(
+            variants,
+            args.rounds,
+            lambda v: asyncio.run(one_run(v, args.seconds, fake.base_url)),
+            lambda v: f"{v:10}",
+        )
         log_sizes = fake.listen_log
     info = machine_info()
-    rows = []
-    base = float(np.median(cpu["stock"]))
-    for v in variants:
-        med = float(np.median(cpu[v]))
-        rows.append(
-            [
-                v,
-                f"{1e3 * med:.2f}",
-                f"{1e3 * min(cpu[v]):.2f}-{1e3 * max(cpu[v]):.2f}",
-                f"{100 * med:.2f} %",
-                f"{100 * (med / base - 1):+.0f} %",
-            ]
-        )
+    rows = [[v, *cpu_cells(cpu[v], cpu["stock"], digits=2)] for v in variants]
     sizes = sorted({n for kind, n in log_sizes if kind == "audio"})
     md = (
         "# Streaming the microphone to Deepgram Nova: event-loop CPU\n\n"
@@ -179,14 +169,12 @@ def main() -> None:
         )
         + "\n"
     )
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for i, v in enumerate(variants):
-        ax.bar(i, 1e3 * float(np.median(cpu[v])), color="#4c72b0")
-        ax.plot([i] * len(cpu[v]), [1e3 * c for c in cpu[v]], "k.", ms=4)
-    ax.set_xticks(range(len(variants)), variants)
-    ax.set_ylabel("event-loop CPU, ms per s of audio")
-    ax.set_title("Streaming the microphone to Deepgram Nova")
+    fig = cpu_figure(
+        variants,
+        [cpu[v] for v in variants],
+        "event-loop CPU, ms per s of audio",
+        "Streaming the microphone to Deepgram Nova",
+    )
     write_results(
         args.out,
         {

@@ -53,7 +53,7 @@ async def test_whole_frames_pass_through_and_the_remainder_waits():
     two = np.arange(2 * WINDOW // 2, dtype="<i2").tobytes()  # two windows: as they are
     assert await coalescer.filter(two) == two
     # 100 ms: three whole windows go out, 4 ms waits and leads the next frame.
-    long = bytes(range(256)) * (RATE // 10 * 2 // 256) + bytes(RATE // 10 * 2 % 256)
+    long = np.arange(RATE // 10, dtype="<i2").tobytes()
     assert await coalescer.filter(long) == long[: 3 * WINDOW]
     nxt = b"\x07" * FRAME_20MS
     assert await coalescer.filter(nxt) == b""  # 4 + 20 ms < 32 ms

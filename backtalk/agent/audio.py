@@ -96,16 +96,12 @@ class InputAudioCoalescer(BaseAudioFilter):
             ``audio`` (``b""`` when that is less than one frame). Disabled, or with
             ``frame_s`` 0: pending audio followed by ``audio``.
         """
-        size = self._frame_bytes
-        if not self._pending and (not self._enabled or not size or len(audio) % size == 0):
-            return audio
         self._pending += audio
-        if not self._enabled or not size:
-            whole = len(self._pending)
-        else:
-            whole = len(self._pending) // size * size
-        out = bytes(self._pending[:whole])
-        del self._pending[:whole]
+        cut = len(self._pending)
+        if self._enabled and self._frame_bytes:
+            cut -= cut % self._frame_bytes
+        out = bytes(self._pending[:cut])
+        del self._pending[:cut]
         return out
 
 

@@ -175,7 +175,6 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self._flux_queries: list[dict] = []
         self._flux_control: list[dict] = []
         self._flux_sent: list[dict] = []
-        self._flux_audio_bytes_received = 0
         self._flux_audio_messages: list[int] = []
 
     # -- scripting and recorded state (thread-safe) -------------------------------------
@@ -241,12 +240,14 @@ class FakeDeepgram(ThreadedAiohttpServer):
         "_flux_sent",
         "JSON messages sent on /v2/listen (Connected, TurnInfo, ...), in order, all sockets.",
     )
-    flux_audio_bytes_received = _recorded(
-        "_flux_audio_bytes_received", "Audio bytes on /v2/listen."
-    )
     flux_audio_messages = _recorded(
         "_flux_audio_messages", "Size in bytes of each audio message on /v2/listen, in order."
     )
+
+    @property
+    def flux_audio_bytes_received(self) -> int:
+        """Audio bytes on /v2/listen."""
+        return sum(self.flux_audio_messages)
 
     def flux_events(self) -> list[tuple[str, str]]:
         """``(event, transcript)`` of every ``TurnInfo`` sent on ``/v2/listen``, in order,
@@ -362,7 +363,6 @@ class FakeDeepgram(ThreadedAiohttpServer):
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
                     with self._lock:
-                        self._flux_audio_bytes_received += len(msg.data)
                         self._flux_audio_messages.append(len(msg.data))
                     await send(recogniser.feed(msg.data))
                     continue
