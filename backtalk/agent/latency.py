@@ -2,22 +2,41 @@
 
 Built on Pipecat's ``UserBotLatencyObserver`` (voice-to-voice latency, measured from
 the moment the user actually stopped speaking — VAD stop time minus ``stop_secs`` —
-to the bot's first audio) plus the RAG processor's processing metrics.
+to the bot's first audio) plus the RAG processor's processing metrics, with the turn
+window following the user *turn* (the turn strategies' frames) rather than every
+local VAD event: see :class:`TurnLatencyReporter`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
-from pipecat.frames.frames import MetricsFrame
-from pipecat.metrics.metrics import ProcessingMetricsData
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    EagerEndOfTurnCancelFrame,
+    EagerTranscriptionFrame,
+    InterruptionFrame,
+    LLMContextFrame,
+    MetricsFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import (
+    ProcessingMetricsData,
+    TextAggregationMetricsData,
+    TTFBMetricsData,
+)
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.observers.user_bot_latency_observer import (
     LatencyBreakdown,
     MeasuredFrom,
     UserBotLatencyObserver,
 )
+from pipecat.processors.frame_processor import FrameDirection
 
 __all__ = ["TurnLatency", "TurnLatencyReporter", "format_turn_latency"]
 
@@ -68,34 +87,116 @@ def format_turn_latency(latency: TurnLatency) -> str:
     )
 
 
-def _ttfb(breakdown: LatencyBreakdown, kind: str) -> float | None:
-    """The TTFB of the first ``<...><kind>Service`` (``STT``, ``LLM``, ``TTS``) in the turn.
+#: Which service a metric came from, by the suffix of its processor's class name
+#: (``DirectBodyOpenAILLMService#0`` -> LLM). Matched on ``<kind>Service``: "TTS" alone is
+#: also inside "DeepgramSTTService".
+_SERVICE_KINDS = ("STT", "LLM", "TTS")
 
-    Matched on the class-name suffix: "TTS" alone is also inside "DeepgramSTTService".
+
+def _service_kind(processor: str) -> str | None:
+    name = processor.split("#")[0]
+    return next((kind for kind in _SERVICE_KINDS if name.endswith(f"{kind}Service")), None)
+
+
+class _TurnMetrics:
+    """The service metrics of one turn (seconds).
+
+    The first TTFB of each service, the first sentence's aggregation time and the
+    latest RAG retrieval time. After an answer is withdrawn (an interruption, or a
+    withdrawn eager end of turn) Pipecat's services still report the partial times of
+    the work they stopped (``stop_all_metrics``); those are ignored until the next
+    inference's context comes through.
     """
-    suffix = f"{kind}Service"
-    values = [t.duration_secs for t in breakdown.ttfb if t.processor.split("#")[0].endswith(suffix)]
-    return values[0] if values else None
+
+    def __init__(self, *, withdrawn: bool = False) -> None:
+        self.ttfb: dict[str, float] = {}
+        self.first_sentence_s: float | None = None
+        self.retrieval_s: float | None = None
+        self.withdrawn = withdrawn
+
+    def add(self, frame: MetricsFrame) -> None:
+        for item in frame.data:
+            if isinstance(item, TTFBMetricsData) and item.value > 0:
+                kind = _service_kind(item.processor)
+                if kind == "STT" or (kind is not None and not self.withdrawn):
+                    self.ttfb.setdefault(kind, item.value)
+            elif self.withdrawn:
+                continue
+            elif isinstance(item, TextAggregationMetricsData) and self.first_sentence_s is None:
+                self.first_sentence_s = item.value
+            elif (
+                isinstance(item, ProcessingMetricsData)
+                and item.processor.startswith("RAGContextProcessor")
+                and item.value > 0
+            ):
+                self.retrieval_s = item.value
+
+    def withdraw_answer(self) -> None:
+        """Forget what a withdrawn answer produced (all but the transcription's)."""
+        stt = self.ttfb.get("STT")
+        self.ttfb = {} if stt is None else {"STT": stt}
+        self.first_sentence_s = None
+        self.retrieval_s = None
+        self.withdrawn = True
 
 
 class TurnLatencyReporter(UserBotLatencyObserver):
     """Collects each turn's :class:`TurnLatency` and hands it to ``on_turn``.
 
-    Pipecat's ``UserBotLatencyObserver`` extended to remember the RAG processor's
-    retrieval time: one observer, not two. Every observer costs a queue and a task
-    wake-up for each frame each processor handles (50 microphone frames a second
-    pass three or four processors), so the pipeline keeps as few as it can.
-    Pass :attr:`observers` to the ``PipelineWorker`` (metrics must be enabled).
+    Pipecat's ``UserBotLatencyObserver`` (voice-to-voice time from the user's last
+    sound, by the local VAD, to the bot's first audio), with the turn's window made
+    to follow the user *turn* — what the turn strategies decided — instead of every
+    local VAD event:
+
+    * **Service metrics count from the start of the user's speech**, not from the
+      local VAD's stop. With Deepgram Flux, Backtalk answers Flux's eager end of turn,
+      which can come before Silero's ``stop_secs`` have passed; a fast LLM's first
+      token then arrived before the VAD stop, Pipecat's observer dropped its TTFB and
+      the report showed no LLM time.
+    * **Local VAD activity after the turn began to end** (released, or answered on an
+      eager end of turn) is held back: it starts a new window only if it turns out to
+      be a new turn (``UserStartedSpeakingFrame``, or the ``InterruptionFrame`` a turn
+      start broadcasts) or the user resuming an eagerly answered turn
+      (``EagerEndOfTurnCancelFrame``).
+      Otherwise — a cough, a "hmm", noise that starts no turn — the bot's answer is
+      still timed from the question, not from the noise.
+    * A withdrawn answer's metrics (LLM, TTS, retrieval) are dropped, including the
+      partial times Pipecat's services report for the work they stop, so the report
+      shows the answer the user heard. A Flux eager end of turn is often withdrawn
+      (``TurnResumed`` at a pause mid-question), and each withdrawn inference reports a
+      time to first token.
+
+    It also records the RAG processor's retrieval time: one observer, not two. Every
+    observer costs a queue and a task wake-up for each frame each processor handles
+    (microphone frames pass three or four processors), so the pipeline keeps as few
+    as it can. Pass :attr:`observers` to the ``PipelineWorker`` (metrics must be
+    enabled). Pipecat's ``on_latency_breakdown`` event still fires with its own
+    breakdown (``benchmarks/`` read it).
 
     Args:
         on_turn: ``async callable(TurnLatency)``, e.g. print it and send it to the
             client.
+        time_source: Reads the current time in seconds (``time.time``, the clock of
+            Pipecat's VAD frame timestamps).
     """
 
-    def __init__(self, on_turn: Callable[[TurnLatency], Awaitable[None]]):
-        super().__init__()
+    def __init__(
+        self,
+        on_turn: Callable[[TurnLatency], Awaitable[None]],
+        *,
+        time_source: Callable[[], float] = time.time,
+    ):
+        super().__init__(time_source=time_source)
         self._on_turn = on_turn
-        self._retrieval_s: float | None = None
+        self._clock = time_source
+        self._metrics = _TurnMetrics()
+        self._released_at: float | None = None
+        # The user turn has begun to end: released, or answered on an eager end of turn.
+        self._ending = False
+        # Local VAD frames seen since then, held back from Pipecat's observer.
+        self._held: list[FramePushed] = []
+        # The metrics and release time of the window the bot last answered.
+        self._answered: tuple[_TurnMetrics, float | None] = (_TurnMetrics(), None)
         self.turns: list[TurnLatency] = []
         self.add_event_handler("on_latency_breakdown", self._on_breakdown)
 
@@ -105,31 +206,77 @@ class TurnLatencyReporter(UserBotLatencyObserver):
         return [self]
 
     async def on_push_frame(self, data: FramePushed):
-        """Remember the latest RAG retrieval time, then measure the turn as Pipecat does."""
-        if isinstance(data.frame, MetricsFrame):
-            for item in data.frame.data:
-                if (
-                    isinstance(item, ProcessingMetricsData)
-                    and item.processor.startswith("RAGContextProcessor")
-                    and item.value > 0
-                ):
-                    self._retrieval_s = item.value
+        """Follow the user turn, collect the turn's metrics, then measure as Pipecat does."""
+        if data.direction != FrameDirection.DOWNSTREAM:
+            return
+        frame = data.frame
+        if isinstance(frame, VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame):
+            if self._ending and (self._held or isinstance(frame, VADUserStartedSpeakingFrame)):
+                self._held.append(data)
+                return
+            if isinstance(frame, VADUserStartedSpeakingFrame):
+                # The user speaks (again): the turn's window starts here, as in Pipecat.
+                self._new_window(withdrawn=self._metrics.withdrawn)
+        elif isinstance(frame, MetricsFrame):
+            self._metrics.add(frame)
+        elif isinstance(frame, LLMContextFrame):
+            self._metrics.withdrawn = False  # an inference starts: its metrics count
+        elif isinstance(frame, EagerTranscriptionFrame):
+            self._ending = True
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._ending = True
+            self._released_at = self._clock()
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            await self._replay(self._held)  # a new user turn: the VAD frames held were it
+        elif isinstance(frame, EagerEndOfTurnCancelFrame):
+            # The user resumed (or Flux committed other words): the turn goes on.
+            self._metrics.withdraw_answer()
+            await self._replay(self._held)
+        elif isinstance(frame, InterruptionFrame):
+            # The answer under way is cancelled (a user turn starting broadcasts one).
+            held = self._held
+            self._new_window(withdrawn=True)  # whatever answer was under way
+            await super().on_push_frame(data)
+            await self._replay(held)
+            return
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            # Pipecat runs the on_latency_breakdown handlers as tasks, after this returns.
+            self._answered = (self._metrics, self._released_at)
+            await super().on_push_frame(data)
+            self._new_window()
+            return
         await super().on_push_frame(data)
+
+    def _new_window(self, *, withdrawn: bool = False) -> None:
+        self._metrics = _TurnMetrics(withdrawn=withdrawn)
+        self._released_at = None
+        self._ending = False
+        self._held = []
+
+    async def _replay(self, held: list[FramePushed]) -> None:
+        """The turn is not over after all: replay the VAD frames held back."""
+        self._held, self._ending = [], False
+        for data in held:
+            await self.on_push_frame(data)
 
     async def _on_breakdown(self, _observer, breakdown: LatencyBreakdown):
         if breakdown.measured_from is MeasuredFrom.CLIENT_CONNECTED:
             return  # the greeting, timed from the client joining, is not a turn
+        metrics, released_at = self._answered
+        anchor = breakdown.user_turn_start_time
+        end_of_turn_s = breakdown.user_turn_secs
+        if end_of_turn_s is None and anchor is not None and released_at is not None:
+            # Flux may commit the turn before the local VAD has stopped; Pipecat's
+            # observer then has no release time in its window.
+            end_of_turn_s = max(0.0, released_at - anchor)
         latency = TurnLatency(
-            end_of_turn_s=breakdown.user_turn_secs,
-            stt_s=_ttfb(breakdown, "STT"),
-            retrieval_s=self._retrieval_s,
-            llm_s=_ttfb(breakdown, "LLM"),
-            tts_s=_ttfb(breakdown, "TTS"),
+            end_of_turn_s=end_of_turn_s,
+            stt_s=metrics.ttfb.get("STT"),
+            retrieval_s=metrics.retrieval_s,
+            llm_s=metrics.ttfb.get("LLM"),
+            tts_s=metrics.ttfb.get("TTS"),
             total_s=breakdown.total_secs,
-            first_sentence_s=(
-                breakdown.text_aggregation.duration_secs if breakdown.text_aggregation else None
-            ),
+            first_sentence_s=metrics.first_sentence_s,
         )
-        self._retrieval_s = None
         self.turns.append(latency)
         await self._on_turn(latency)
