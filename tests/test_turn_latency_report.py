@@ -4,13 +4,15 @@ real voice pipeline, in the cases where the local VAD and the user's turn disagr
 Backtalk times a turn from the user's last sound (Silero VAD's stop minus its
 ``stop_secs``) to the bot's first audio, and breaks it down by service. The turn itself
 is decided by the turn strategies (smart-turn on Nova, Deepgram Flux's own events on
-Flux). Two things a user with real keys hits:
+Flux). Three things a user with real keys hits:
 
 * with Flux, Backtalk answers the *eager* end of turn; a fast LLM's first token can then
   come before Silero's ``stop_secs`` of silence have passed, and the report lost the LLM
   time (``llm -``);
 * a cough or a "hmm" after the question — speech to the VAD, but no turn — restarted the
-  timing, so the report measured the answer from the noise instead of the question.
+  timing, so the report measured the answer from the noise instead of the question;
+* an answer withdrawn before it was heard (the user went on talking) still reports a
+  partial time to first token as its service stops, which became the turn's LLM time.
 
 Same harness as :mod:`test_e2e_voice`: everything Backtalk ships, loopback fakes at the
 network edge, real speech into a loopback transport.
@@ -131,10 +133,11 @@ async def test_flux_answer_faster_than_the_vad_stop_is_reported(
         await wait_until(lambda: len(reports) > greeted, 5, "the turn's latency report")
         turn = reports[greeted:]
 
-    # The case under test happened: the eager answer was asked for (and, with no
-    # time to first token, answered) before the local VAD said the user had stopped.
+    # The case under test happened: the answer that was heard (the last request; earlier
+    # ones were eager ends of turn at q1's word gaps, withdrawn) was asked for, and with
+    # no time to first token answered, before the local VAD said the user had stopped.
     (vad_stopped_at, *_) = vad.after(user_stopped_at - 0.5, "VADUserStoppedSpeakingFrame")
-    assert asked and asked[0] < vad_stopped_at, (asked, vad.events)
+    assert asked and asked[-1] < vad_stopped_at, (asked, vad.events)
     report = the_turn(turn)
     assert report.llm_s < 0.5, report  # the fake answers at once
     assert report.total_s > heard_at - user_stopped_at - VAD_ESTIMATE_SLACK_S, report
