@@ -36,6 +36,7 @@ from test_e2e_voice import (
     Q2_WAV,
     TTS_SECS_PER_CHAR,
     TURN_TIMEOUT_S,
+    Session,
     ingest_lecture,
     last_user_text,
     running_conversation,
@@ -109,6 +110,21 @@ def the_turn(reports: list[TurnLatency]) -> TurnLatency:
     return report
 
 
+async def reports_after(reports: list[TurnLatency], seen: int) -> list[TurnLatency]:
+    """Wait for a report beyond the first ``seen``; the reports beyond them."""
+    await wait_until(lambda: len(reports) > seen, 5, "the turn's latency report")
+    return reports[seen:]
+
+
+async def released(s: Session, since: float) -> float:
+    """Wait until the user's turn is released after ``since``; when it was."""
+    return await wait_until(
+        lambda: s.turns.first("UserStoppedSpeakingFrame", after=since),
+        TURN_TIMEOUT_S,
+        "the turn to be released",
+    )
+
+
 async def test_flux_answer_faster_than_the_vad_stop_is_reported(
     monkeypatch, services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
@@ -130,8 +146,7 @@ async def test_flux_answer_faster_than_the_vad_stop_is_reported(
         greeted = len(reports)
         user_stopped_at = await s.ask(fake_deepgram, Q1_WAV, Q1_TEXT)
         heard_at = await s.reply_heard(since=user_stopped_at)
-        await wait_until(lambda: len(reports) > greeted, 5, "the turn's latency report")
-        turn = reports[greeted:]
+        turn = await reports_after(reports, greeted)
 
     # The case under test happened: the answer that was heard (the last request; earlier
     # ones were eager ends of turn at q1's word gaps, withdrawn) was asked for, and with
@@ -158,16 +173,11 @@ async def test_noise_after_the_question_does_not_restart_the_timing(
         reports = s.conversation.latency.turns
         greeted = len(reports)
         user_stopped_at = await s.ask(fake_deepgram, Q1_WAV, Q1_TEXT)
-        released_at = await wait_until(
-            lambda: s.turns.first("UserStoppedSpeakingFrame", after=user_stopped_at),
-            TURN_TIMEOUT_S,
-            "the turn to be released",
-        )
+        released_at = await released(s, since=user_stopped_at)
         assert not s.output.first_audible_at(since=user_stopped_at), "answered before the noise"
         noise_at = await s.transport.play_pcm(noise)
         heard_at = await s.reply_heard(since=user_stopped_at)
-        await wait_until(lambda: len(reports) > greeted, 5, "the turn's latency report")
-        turn = reports[greeted:]
+        turn = await reports_after(reports, greeted)
         unscripted = fake_deepgram.unscripted_utterances
 
     # The noise reached the VAD after the turn was released, before the answer, and
@@ -202,14 +212,10 @@ async def test_a_new_question_before_the_answer_is_timed_on_its_own(
         reports = s.conversation.latency.turns
         greeted = len(reports)
         first_stopped_at = await s.ask(fake_deepgram, Q1_WAV, Q1_TEXT)
-        released_at = await wait_until(
-            lambda: s.turns.first("UserStoppedSpeakingFrame", after=first_stopped_at),
-            TURN_TIMEOUT_S,
-            "the first turn to be released",
-        )
+        released_at = await released(s, since=first_stopped_at)
         second_stopped_at = await s.ask(fake_deepgram, Q2_WAV, Q2_TEXT)
         heard_at = await s.reply_heard(since=first_stopped_at)
-        await wait_until(lambda: len(reports) > greeted, 5, "the turn's latency report")
+        await reports_after(reports, greeted)
         await asyncio.sleep(0.5)  # a report for the cancelled answer would come by now
         turn = reports[greeted:]
 

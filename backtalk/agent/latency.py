@@ -263,11 +263,11 @@ class TurnLatencyReporter(UserBotLatencyObserver):
         if breakdown.measured_from is MeasuredFrom.CLIENT_CONNECTED:
             return  # the greeting, timed from the client joining, is not a turn
         metrics, released_at = self._answered
-        anchor = breakdown.user_turn_start_time
-        end_of_turn_s = breakdown.user_turn_secs
-        if end_of_turn_s is None and anchor is not None and released_at is not None:
-            # Flux may commit the turn before the local VAD has stopped; Pipecat's
-            # observer then has no release time in its window.
+        anchor = breakdown.user_turn_start_time  # the user's last sound, by the VAD
+        end_of_turn_s = None
+        if anchor is not None and released_at is not None:
+            # Pipecat's user_turn_secs is the same difference, but only when the release
+            # comes after the VAD stop; Flux may commit the turn before it.
             end_of_turn_s = max(0.0, released_at - anchor)
         latency = TurnLatency(
             end_of_turn_s=end_of_turn_s,
