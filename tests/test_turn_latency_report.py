@@ -227,3 +227,41 @@ async def test_a_new_question_before_the_answer_is_timed_on_its_own(
     assert report.llm_s >= SLOW_TTFT_S, report  # not the cancelled inference's part
     assert report.total_s > heard_at - second_stopped_at - VAD_ESTIMATE_SLACK_S, report
     assert report.total_s < heard_at - first_stopped_at - VAD_ESTIMATE_SLACK_S, report
+
+
+#: A one-word reply, shorter than anything the recogniser transcribes before it ends: the
+#: fake's interim results hold only the words finished so far, never the last one (as
+#: Deepgram's do not hold a word still being spoken), so "Yeah." is transcribed only by
+#: the final result that answers the ``Finalize`` sent at the VAD stop.
+YEAH_WAV = AUDIO / "backchannel_yeah.wav"
+
+
+async def test_a_one_word_reply_on_nova_is_reported(
+    monkeypatch, services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
+):
+    # On Nova the user's turn starts on its first transcribed word (the bot is silent, so
+    # one word is enough). For "Yeah." that word comes after the local VAD has stopped,
+    # so the turn start's InterruptionFrame comes after the VAD stop: the report must
+    # still time the answer from the user's last sound. (Flux starts the turn itself, on
+    # its StartOfTurn, which the fake sends at the first loud audio.)
+    monkeypatch.setenv("BACKTALK_STT_SERVICE", "deepgram")
+    settings = Settings()
+    ingest_lecture()
+    vad = VADEvents()
+
+    async with running_conversation(settings, store, observers=[vad]) as s:
+        await wait_greeted(s, fake_deepgram)
+        reports = s.conversation.latency.turns
+        greeted = len(reports)
+        user_stopped_at = await s.ask(fake_deepgram, YEAH_WAV, "Yeah.")
+        heard_at = await s.reply_heard(since=user_stopped_at)
+        turn = await reports_after(reports, greeted)
+
+    # The case under test happened: the user turn began after the VAD had stopped.
+    (vad_started_at, *_) = vad.after(user_stopped_at - 1, "VADUserStartedSpeakingFrame")
+    (vad_stopped_at, *_) = vad.after(vad_started_at, "VADUserStoppedSpeakingFrame")
+    started_at = s.turns.first("UserStartedSpeakingFrame", after=vad_started_at)
+    assert started_at is not None and started_at > vad_stopped_at, (vad.events, s.turns.events)
+    report = the_turn(turn)
+    assert report.total_s > heard_at - user_stopped_at - VAD_ESTIMATE_SLACK_S, report
+    assert report.total_s < heard_at - user_stopped_at + VAD_ESTIMATE_SLACK_S, report

@@ -160,6 +160,11 @@ class TurnLatencyReporter(UserBotLatencyObserver):
       (``EagerEndOfTurnCancelFrame``).
       Otherwise — a cough, a "hmm", noise that starts no turn — the bot's answer is
       still timed from the question, not from the noise.
+    * **A turn that starts after its speech ended** is timed from that speech. The turn
+      starts on the first transcribed word; a one-word reply ("yes") on Nova is first
+      transcribed by the final result, after the VAD stop, and the turn start's
+      ``InterruptionFrame`` made Pipecat's observer drop the time of the user's last
+      sound, so the turn went unreported.
     * A withdrawn answer's metrics (LLM, TTS, retrieval) are dropped, including the
       partial times Pipecat's services report for the work they stop, so the report
       shows the answer the user heard. A Flux eager end of turn is often withdrawn
@@ -195,6 +200,8 @@ class TurnLatencyReporter(UserBotLatencyObserver):
         self._ending = False
         # Local VAD frames seen since then, held back from Pipecat's observer.
         self._held: list[FramePushed] = []
+        # The VAD stop of the current window's speech, once Pipecat's observer has it.
+        self._vad_stop: FramePushed | None = None
         # The metrics and release time of the window the bot last answered.
         self._answered: tuple[_TurnMetrics, float | None] = (_TurnMetrics(), None)
         self.turns: list[TurnLatency] = []
@@ -216,7 +223,9 @@ class TurnLatencyReporter(UserBotLatencyObserver):
                 return
             if isinstance(frame, VADUserStartedSpeakingFrame):
                 # The user speaks (again): the turn's window starts here, as in Pipecat.
-                self._new_window(withdrawn=self._metrics.withdrawn)
+                self._new_window(_TurnMetrics(withdrawn=self._metrics.withdrawn))
+            else:
+                self._vad_stop = data
         elif isinstance(frame, MetricsFrame):
             self._metrics.add(frame)
         elif isinstance(frame, LLMContextFrame):
@@ -234,10 +243,19 @@ class TurnLatencyReporter(UserBotLatencyObserver):
             await self._replay(self._held)
         elif isinstance(frame, InterruptionFrame):
             # The answer under way is cancelled (a user turn starting broadcasts one).
-            held = self._held
-            self._new_window(withdrawn=True)  # whatever answer was under way
-            await super().on_push_frame(data)
-            await self._replay(held)
+            held, vad_stop = self._held, self._vad_stop
+            # Whatever answer was under way is withdrawn; the transcription of the
+            # speech that started this turn (already final if the turn started late) stays.
+            self._metrics.withdraw_answer()
+            self._new_window(self._metrics)
+            await super().on_push_frame(data)  # Pipecat's observer drops its anchor here
+            if held:
+                await self._replay(held)  # the new speech's VAD frames set it again
+            elif vad_stop is not None:
+                # The turn started after its speech ended (a one-word "yes" is first
+                # transcribed by the final result, after the VAD stop): that speech's
+                # last sound is still where the turn is timed from.
+                await self.on_push_frame(vad_stop)
             return
         elif isinstance(frame, BotStartedSpeakingFrame):
             # Pipecat runs the on_latency_breakdown handlers as tasks, after this returns.
@@ -247,11 +265,12 @@ class TurnLatencyReporter(UserBotLatencyObserver):
             return
         await super().on_push_frame(data)
 
-    def _new_window(self, *, withdrawn: bool = False) -> None:
-        self._metrics = _TurnMetrics(withdrawn=withdrawn)
+    def _new_window(self, metrics: _TurnMetrics | None = None) -> None:
+        self._metrics = metrics or _TurnMetrics()
         self._released_at = None
         self._ending = False
         self._held = []
+        self._vad_stop = None
 
     async def _replay(self, held: list[FramePushed]) -> None:
         """The turn is not over after all: replay the VAD frames held back."""
