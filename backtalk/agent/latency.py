@@ -98,6 +98,11 @@ def _service_kind(processor: str) -> str | None:
     return next((kind for kind in _SERVICE_KINDS if name.endswith(f"{kind}Service")), None)
 
 
+#: Allowance, seconds, for comparing Pipecat's frame push timestamps (its pipeline
+#: clock, ``time.monotonic_ns``) with its metrics' durations (``time.time``).
+_CLOCK_SLACK_S = 0.005
+
+
 class _TurnMetrics:
     """The service metrics of one turn (seconds).
 
@@ -105,29 +110,59 @@ class _TurnMetrics:
     latest RAG retrieval time. After an answer is withdrawn (an interruption, or a
     withdrawn eager end of turn) Pipecat's services still report the partial times of
     the work they stopped (``stop_all_metrics``); those are ignored until the next
-    inference's context comes through.
+    inference's context comes through. They can also come just *after* that context
+    (Flux withdraws an eager end of turn and predicts the next one at once, and the
+    LLM service reports the stopped inference's partial time to first token as the
+    aggregator pushes the new context), so an answer's metric longer than the time
+    since its inference's context was pushed is an earlier inference's, and ignored
+    too: the answer's retrieval, LLM, aggregation and TTS clocks all start after that
+    push.
     """
 
-    def __init__(self, *, withdrawn: bool = False) -> None:
+    def __init__(self, *, withdrawn: bool = False, answer_pushed_ns: int | None = None):
         self.ttfb: dict[str, float] = {}
         self.first_sentence_s: float | None = None
         self.retrieval_s: float | None = None
         self.withdrawn = withdrawn
+        # When the context of the answer under way was pushed (Pipecat's pipeline clock).
+        self.answer_pushed_ns = answer_pushed_ns
 
-    def add(self, frame: MetricsFrame) -> None:
+    def carried(self) -> _TurnMetrics:
+        """Empty metrics for a new window, the answer under way (or withdrawn) kept."""
+        return _TurnMetrics(withdrawn=self.withdrawn, answer_pushed_ns=self.answer_pushed_ns)
+
+    def start_answer(self, pushed_ns: int) -> None:
+        """An inference's context was pushed at ``pushed_ns``: its metrics count."""
+        self.withdrawn = False
+        self.answer_pushed_ns = pushed_ns
+
+    def _of_the_answer(self, value: float, pushed_ns: int) -> bool:
+        if self.withdrawn:
+            return False
+        if self.answer_pushed_ns is None:
+            return True
+        return value <= (pushed_ns - self.answer_pushed_ns) / 1e9 + _CLOCK_SLACK_S
+
+    def add(self, frame: MetricsFrame, pushed_ns: int) -> None:
+        """Take the metrics of ``frame``, pushed at ``pushed_ns`` (the pipeline clock)."""
         for item in frame.data:
             if isinstance(item, TTFBMetricsData) and item.value > 0:
                 kind = _service_kind(item.processor)
-                if kind == "STT" or (kind is not None and not self.withdrawn):
+                if kind == "STT" or (
+                    kind is not None and self._of_the_answer(item.value, pushed_ns)
+                ):
                     self.ttfb.setdefault(kind, item.value)
-            elif self.withdrawn:
-                continue
-            elif isinstance(item, TextAggregationMetricsData) and self.first_sentence_s is None:
+            elif (
+                isinstance(item, TextAggregationMetricsData)
+                and self.first_sentence_s is None
+                and self._of_the_answer(item.value, pushed_ns)
+            ):
                 self.first_sentence_s = item.value
             elif (
                 isinstance(item, ProcessingMetricsData)
                 and item.processor.startswith("RAGContextProcessor")
                 and item.value > 0
+                and self._of_the_answer(item.value, pushed_ns)
             ):
                 self.retrieval_s = item.value
 
@@ -223,13 +258,13 @@ class TurnLatencyReporter(UserBotLatencyObserver):
                 return
             if isinstance(frame, VADUserStartedSpeakingFrame):
                 # The user speaks (again): the turn's window starts here, as in Pipecat.
-                self._new_window(_TurnMetrics(withdrawn=self._metrics.withdrawn))
+                self._new_window(self._metrics.carried())
             else:
                 self._vad_stop = data
         elif isinstance(frame, MetricsFrame):
-            self._metrics.add(frame)
+            self._metrics.add(frame, data.timestamp)
         elif isinstance(frame, LLMContextFrame):
-            self._metrics.withdrawn = False  # an inference starts: its metrics count
+            self._metrics.start_answer(data.timestamp)  # an inference starts
         elif isinstance(frame, EagerTranscriptionFrame):
             self._ending = True
         elif isinstance(frame, UserStoppedSpeakingFrame):
