@@ -1,9 +1,9 @@
 """Per-turn latency: where the time between "user stopped" and "bot speaks" goes.
 
-Built on Pipecat's ``UserBotLatencyObserver`` (voice-to-voice latency, measured from
-the moment the user actually stopped speaking — VAD stop time minus ``stop_secs`` —
-to the bot's first audio) plus the RAG processor's processing metrics, with the turn
-window following the user *turn* (the turn strategies' frames) rather than every
+Voice-to-voice latency as Pipecat's ``UserBotLatencyObserver`` measures it (from the
+moment the user actually stopped speaking — VAD stop time minus ``stop_secs`` — to the
+bot's first audio), with the services' and the RAG processor's metrics, and with the
+turn window following the user *turn* (the turn strategies' frames) rather than every
 local VAD event: see :class:`TurnLatencyReporter`.
 """
 
@@ -31,11 +31,7 @@ from pipecat.metrics.metrics import (
     TTFBMetricsData,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
-from pipecat.observers.user_bot_latency_observer import (
-    LatencyBreakdown,
-    MeasuredFrom,
-    UserBotLatencyObserver,
-)
+from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
 from pipecat.processors.frame_processor import FrameDirection
 
 __all__ = ["TurnLatency", "TurnLatencyReporter", "format_turn_latency"]
@@ -178,44 +174,42 @@ class _TurnMetrics:
 class TurnLatencyReporter(UserBotLatencyObserver):
     """Collects each turn's :class:`TurnLatency` and hands it to ``on_turn``.
 
-    Pipecat's ``UserBotLatencyObserver`` (voice-to-voice time from the user's last
-    sound, by the local VAD, to the bot's first audio), with the turn's window made
-    to follow the user *turn* — what the turn strategies decided — instead of every
-    local VAD event:
+    Voice-to-voice time from the user's last sound (the local VAD's stop minus its
+    ``stop_secs``, as Pipecat's ``UserBotLatencyObserver`` measures it) to the bot's
+    first audio, broken down by service. The window follows the user *turn* — what the
+    turn strategies decided — instead of every local VAD event, which is where it
+    differs from Pipecat's observer:
 
     * **Service metrics count from the start of the user's speech**, not from the
       local VAD's stop. With Deepgram Flux, Backtalk answers Flux's eager end of turn,
       which can come before Silero's ``stop_secs`` have passed; a fast LLM's first
-      token then arrived before the VAD stop, Pipecat's observer dropped its TTFB and
-      the report showed no LLM time.
+      token then arrived before the VAD stop, and Pipecat's observer drops it.
     * **Local VAD activity after the turn began to end** (released, or answered on an
-      eager end of turn) is held back: it starts a new window only if it turns out to
-      be a new turn (``UserStartedSpeakingFrame``, or the ``InterruptionFrame`` a turn
-      start broadcasts) or the user resuming an eagerly answered turn
-      (``EagerEndOfTurnCancelFrame``).
-      Otherwise — a cough, a "hmm", noise that starts no turn — the bot's answer is
-      still timed from the question, not from the noise.
+      eager end of turn) is held back: it counts only if it turns out to be a new turn
+      (``UserStartedSpeakingFrame``, or the ``InterruptionFrame`` a turn start
+      broadcasts) or the user resuming an eagerly answered turn
+      (``EagerEndOfTurnCancelFrame``). Otherwise — a cough, a "hmm", noise that starts
+      no turn — the bot's answer is still timed from the question, not from the noise.
     * **A turn that starts after its speech ended** is timed from that speech. The turn
       starts on the first transcribed word; a one-word reply ("yes") on Nova is first
-      transcribed by the final result, after the VAD stop, and the turn start's
-      ``InterruptionFrame`` made Pipecat's observer drop the time of the user's last
-      sound, so the turn went unreported.
+      transcribed by the final result, after the VAD stop. Pipecat's observer drops
+      the user's last sound on every interruption, including that turn start's.
     * A withdrawn answer's metrics (LLM, TTS, retrieval) are dropped, including the
-      partial times Pipecat's services report for the work they stop, so the report
-      shows the answer the user heard. A Flux eager end of turn is often withdrawn
-      (``TurnResumed`` at a pause mid-question), and each withdrawn inference reports a
-      time to first token.
+      partial times Pipecat's services report for the work they stop (see
+      ``_TurnMetrics``), so the report shows the answer the user heard. A Flux eager
+      end of turn is often withdrawn (``TurnResumed`` at a pause mid-question), and
+      each withdrawn inference reports a time to first token.
 
-    It also records the RAG processor's retrieval time: one observer, not two. Every
-    observer costs a queue and a task wake-up for each frame each processor handles
-    (microphone frames pass three or four processors), so the pipeline keeps as few
-    as it can. Pass :attr:`observers` to the ``PipelineWorker`` (metrics must be
-    enabled). Pipecat's ``on_latency_breakdown`` event still fires with its own
-    breakdown (``benchmarks/`` read it).
+    It is also Pipecat's observer, unchanged (every frame goes to it, and its
+    ``on_latency_breakdown`` fires as usual; ``benchmarks/`` read it): one observer,
+    not two. Every observer costs a queue and a task wake-up for each frame each
+    processor handles (microphone frames pass three or four processors), so the
+    pipeline keeps as few as it can. Pass :attr:`observers` to the ``PipelineWorker``
+    (metrics must be enabled).
 
     Args:
         on_turn: ``async callable(TurnLatency)``, e.g. print it and send it to the
-            client.
+            client. Called when the bot starts answering a user turn.
         time_source: Reads the current time in seconds (``time.time``, the clock of
             Pipecat's VAD frame timestamps).
     """
@@ -230,17 +224,14 @@ class TurnLatencyReporter(UserBotLatencyObserver):
         self._on_turn = on_turn
         self._clock = time_source
         self._metrics = _TurnMetrics()
+        # The user's last sound in this window (VAD stop − stop_secs), seconds.
+        self._last_sound: float | None = None
         self._released_at: float | None = None
         # The user turn has begun to end: released, or answered on an eager end of turn.
         self._ending = False
-        # Local VAD frames seen since then, held back from Pipecat's observer.
-        self._held: list[FramePushed] = []
-        # The VAD stop of the current window's speech, once Pipecat's observer has it.
-        self._vad_stop: FramePushed | None = None
-        # The metrics and release time of the window the bot last answered.
-        self._answered: tuple[_TurnMetrics, float | None] = (_TurnMetrics(), None)
+        # Local VAD frames seen since then, not yet counted.
+        self._held: list[VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame] = []
         self.turns: list[TurnLatency] = []
-        self.add_event_handler("on_latency_breakdown", self._on_breakdown)
 
     @property
     def observers(self) -> list[BaseObserver]:
@@ -248,19 +239,18 @@ class TurnLatencyReporter(UserBotLatencyObserver):
         return [self]
 
     async def on_push_frame(self, data: FramePushed):
-        """Follow the user turn, collect the turn's metrics, then measure as Pipecat does."""
-        if data.direction != FrameDirection.DOWNSTREAM:
-            return
+        """Follow the user turn and collect its metrics; then Pipecat's observer."""
+        if data.direction == FrameDirection.DOWNSTREAM:
+            await self._follow(data)
+        await super().on_push_frame(data)
+
+    async def _follow(self, data: FramePushed) -> None:
         frame = data.frame
         if isinstance(frame, VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame):
             if self._ending and (self._held or isinstance(frame, VADUserStartedSpeakingFrame)):
-                self._held.append(data)
-                return
-            if isinstance(frame, VADUserStartedSpeakingFrame):
-                # The user speaks (again): the turn's window starts here, as in Pipecat.
-                self._new_window(self._metrics.carried())
+                self._held.append(frame)
             else:
-                self._vad_stop = data
+                self._vad(frame)
         elif isinstance(frame, MetricsFrame):
             self._metrics.add(frame, data.timestamp)
         elif isinstance(frame, LLMContextFrame):
@@ -271,65 +261,52 @@ class TurnLatencyReporter(UserBotLatencyObserver):
             self._ending = True
             self._released_at = self._clock()
         elif isinstance(frame, UserStartedSpeakingFrame):
-            await self._replay(self._held)  # a new user turn: the VAD frames held were it
-        elif isinstance(frame, EagerEndOfTurnCancelFrame):
-            # The user resumed (or Flux committed other words): the turn goes on.
+            self._resume()  # a new user turn: the VAD frames held were it
+        elif isinstance(frame, EagerEndOfTurnCancelFrame | InterruptionFrame):
+            # The user resumed an eagerly answered turn, or a turn started (which
+            # broadcasts an interruption): the answer under way is withdrawn, the
+            # transcription of the speech (already final if the turn started late) stays.
             self._metrics.withdraw_answer()
-            await self._replay(self._held)
-        elif isinstance(frame, InterruptionFrame):
-            # The answer under way is cancelled (a user turn starting broadcasts one).
-            held, vad_stop = self._held, self._vad_stop
-            # Whatever answer was under way is withdrawn; the transcription of the
-            # speech that started this turn (already final if the turn started late) stays.
-            self._metrics.withdraw_answer()
-            self._new_window(self._metrics)
-            await super().on_push_frame(data)  # Pipecat's observer drops its anchor here
-            if held:
-                await self._replay(held)  # the new speech's VAD frames set it again
-            elif vad_stop is not None:
-                # The turn started after its speech ended (a one-word "yes" is first
-                # transcribed by the final result, after the VAD stop): that speech's
-                # last sound is still where the turn is timed from.
-                await self.on_push_frame(vad_stop)
-            return
+            self._resume()
         elif isinstance(frame, BotStartedSpeakingFrame):
-            # Pipecat runs the on_latency_breakdown handlers as tasks, after this returns.
-            self._answered = (self._metrics, self._released_at)
-            await super().on_push_frame(data)
+            await self._report()
             self._new_window()
-            return
-        await super().on_push_frame(data)
+
+    def _vad(self, frame: VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame) -> None:
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            # The user speaks (again): the turn's window starts here, as in Pipecat.
+            self._new_window(self._metrics.carried())
+        else:
+            self._last_sound = frame.timestamp - frame.stop_secs
+
+    def _resume(self) -> None:
+        """The turn is not over after all: count the VAD frames held back."""
+        held, self._held, self._ending, self._released_at = self._held, [], False, None
+        for frame in held:
+            self._vad(frame)
 
     def _new_window(self, metrics: _TurnMetrics | None = None) -> None:
         self._metrics = metrics or _TurnMetrics()
+        self._last_sound = None
         self._released_at = None
         self._ending = False
         self._held = []
-        self._vad_stop = None
 
-    async def _replay(self, held: list[FramePushed]) -> None:
-        """The turn is not over after all: replay the VAD frames held back."""
-        self._held, self._ending = [], False
-        for data in held:
-            await self.on_push_frame(data)
-
-    async def _on_breakdown(self, _observer, breakdown: LatencyBreakdown):
-        if breakdown.measured_from is MeasuredFrom.CLIENT_CONNECTED:
-            return  # the greeting, timed from the client joining, is not a turn
-        metrics, released_at = self._answered
-        anchor = breakdown.user_turn_start_time  # the user's last sound, by the VAD
+    async def _report(self) -> None:
+        if self._last_sound is None:
+            return  # no user speech to time from (the greeting)
         end_of_turn_s = None
-        if anchor is not None and released_at is not None:
-            # Pipecat's user_turn_secs is the same difference, but only when the release
-            # comes after the VAD stop; Flux may commit the turn before it.
-            end_of_turn_s = max(0.0, released_at - anchor)
+        if self._released_at is not None:
+            # Flux may commit the turn before the VAD stop: never below 0.
+            end_of_turn_s = max(0.0, self._released_at - self._last_sound)
+        metrics = self._metrics
         latency = TurnLatency(
             end_of_turn_s=end_of_turn_s,
             stt_s=metrics.ttfb.get("STT"),
             retrieval_s=metrics.retrieval_s,
             llm_s=metrics.ttfb.get("LLM"),
             tts_s=metrics.ttfb.get("TTS"),
-            total_s=breakdown.total_secs,
+            total_s=self._clock() - self._last_sound,
             first_sentence_s=metrics.first_sentence_s,
         )
         self.turns.append(latency)
