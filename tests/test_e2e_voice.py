@@ -31,6 +31,7 @@ import pytest
 from conftest import AUDIO, TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
 from pipecat.frames.frames import (
+    Frame,
     InputAudioRawFrame,
     InterruptionFrame,
     UserStartedSpeakingFrame,
@@ -184,23 +185,32 @@ def request_for(fake: FakeOpenAI, question: str) -> Callable[[], dict | None]:
     return lambda: next((r for r in fake.chat_requests if last_user_text(r) == question), None)
 
 
-class TurnEvents(BaseObserver):
-    """Records when user turns start and stop, and interruptions (``time.monotonic()``)."""
+class FrameEvents(BaseObserver):
+    """Records when frames of the given types are pushed (``time.monotonic()``)."""
 
-    def __init__(self):
+    def __init__(self, *types: type[Frame]):
         super().__init__(observe_every_push=False)
+        self.types = types
         self.events: list[tuple[float, str]] = []
 
     async def on_push_frame(self, data: FramePushed):
-        frame = data.frame
-        if isinstance(
-            frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame | InterruptionFrame
-        ):
-            self.events.append((time.monotonic(), type(frame).__name__))
+        if isinstance(data.frame, self.types):
+            self.events.append((time.monotonic(), type(data.frame).__name__))
+
+    def after(self, t: float, name: str) -> list[float]:
+        """Times of the ``name`` frames at or after ``t``."""
+        return [at for at, n in self.events if n == name and at >= t]
 
     def first(self, name: str, after: float) -> float | None:
         """Time of the first ``name`` frame at or after ``after``."""
-        return next((t for t, n in self.events if n == name and t >= after), None)
+        return next(iter(self.after(after, name)), None)
+
+
+class TurnEvents(FrameEvents):
+    """Records when user turns start and stop, and interruptions."""
+
+    def __init__(self):
+        super().__init__(UserStartedSpeakingFrame, UserStoppedSpeakingFrame, InterruptionFrame)
 
 
 class MicrophoneAudioReach(BaseObserver):

@@ -28,7 +28,6 @@ import test_e2e_voice
 from conftest import AUDIO
 from fakes import FakeDeepgram, FakeOpenAI
 from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
-from pipecat.observers.base_observer import BaseObserver, FramePushed
 from test_e2e_voice import (
     Q1_TEXT,
     Q1_WAV,
@@ -36,6 +35,7 @@ from test_e2e_voice import (
     Q2_WAV,
     TTS_SECS_PER_CHAR,
     TURN_TIMEOUT_S,
+    FrameEvents,
     Session,
     ingest_lecture,
     last_user_text,
@@ -67,21 +67,6 @@ SLOW_TTFT_S = 1.5
 #: is a little shorter than what the test measures; 0.25 s bounds that with room, and is
 #: far below the ~1 s a timing restarted by the noise loses.
 VAD_ESTIMATE_SLACK_S = 0.25
-
-
-class VADEvents(BaseObserver):
-    """When the local VAD started and stopped hearing speech (``time.monotonic()``)."""
-
-    def __init__(self):
-        super().__init__(observe_every_push=False)
-        self.events: list[tuple[float, str]] = []
-
-    async def on_push_frame(self, data: FramePushed):
-        if isinstance(data.frame, VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame):
-            self.events.append((time.monotonic(), type(data.frame).__name__))
-
-    def after(self, t: float, name: str) -> list[float]:
-        return [at for at, n in self.events if n == name and at >= t]
 
 
 @pytest.fixture(params=["deepgram", "deepgram_flux"], ids=["nova", "flux"])
@@ -138,7 +123,7 @@ async def test_flux_answer_faster_than_the_vad_stop_is_reported(
 
     fake_openai.reply = reply  # first token at once (ttft 0)
     ingest_lecture()
-    vad = VADEvents()
+    vad = FrameEvents(VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
 
     async with running_conversation(Settings(), store, observers=[vad]) as s:
         await wait_greeted(s, fake_deepgram)
@@ -166,7 +151,7 @@ async def test_noise_after_the_question_does_not_restart_the_timing(
     start, _ = speech_span(NOISE_WAV)
     rate = 16000
     noise = load_wav(NOISE_WAV)[int(start * rate) * 2 : int((start + NOISE_S) * rate) * 2]
-    vad = VADEvents()
+    vad = FrameEvents(VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
 
     async with running_conversation(settings, store, observers=[vad]) as s:
         await wait_greeted(s, fake_deepgram)
@@ -247,7 +232,7 @@ async def test_a_one_word_reply_on_nova_is_reported(
     monkeypatch.setenv("BACKTALK_STT_SERVICE", "deepgram")
     settings = Settings()
     ingest_lecture()
-    vad = VADEvents()
+    vad = FrameEvents(VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
 
     async with running_conversation(settings, store, observers=[vad]) as s:
         await wait_greeted(s, fake_deepgram)
