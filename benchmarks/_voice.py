@@ -1132,7 +1132,7 @@ class VoiceSession:
         from backtalk.agent.audio import transport_params
         from backtalk.agent.bot import TalkSession, build_conversation
 
-        # The product's transport settings (input audio joined into 40 ms frames).
+        # The product's transport settings (input audio joined into Settings.audio_in_frame).
         self.transport = LoopbackTransport(transport_params(self.resources.settings))
         self.probe = make_probe(self.trace)
         videos = self.resources.store.list_videos()
