@@ -25,8 +25,7 @@ from rich.table import Table
 
 from backtalk.config import Settings
 from backtalk.errors import BacktalkError, InvalidVideoIdError, UsageError, VideoNotFoundError
-from backtalk.ingest import IngestReport, Source, ingest_sources, parse_source
-from backtalk.ingest.youtube import YouTubeProxy
+from backtalk.ingest import IngestReport, Source, ingest_with_settings, parse_source
 from backtalk.processors.retrieval import format_timestamp, youtube_link
 from backtalk.store import Store, VideoInfo, embedder_for, library_for
 
@@ -110,14 +109,6 @@ def _parse_sources(
     return sources
 
 
-def _proxy(settings: Settings) -> YouTubeProxy:
-    return YouTubeProxy(
-        url=settings.secret("youtube_proxy_url"),
-        webshare_username=settings.secret("webshare_proxy_username"),
-        webshare_password=settings.secret("webshare_proxy_password"),
-    )
-
-
 def _run_ingest(
     settings: Settings,
     store: Store,
@@ -140,14 +131,12 @@ def _run_ingest(
                 tasks[key] = progress.add_task(key, total=None)
             progress.update(tasks[key], description=f"{key}: {stage}", completed=done, total=total)
 
-        report = ingest_sources(
+        report = ingest_with_settings(
+            settings,
+            store,
             sources,
-            store=store,
             embedder=embedder_for(settings),
-            languages=languages or settings.transcript_languages,
-            proxy=_proxy(settings),
-            chunk_target_s=settings.chunk_target_s,
-            chunk_max_s=settings.chunk_max_s,
+            languages=languages,
             skip_present=skip_present,
             progress=hook,
         )
@@ -418,9 +407,9 @@ def talk(
 
             asyncio.run(run_daily(resources, session, room_url=room_url))
         else:
-            from backtalk.agent.runner import serve_webrtc
+            from backtalk.server import serve
 
-            serve_webrtc(resources, session, host=host, port=port)
+            serve(resources, videos=keys, persona=persona, host=host, port=port)
 
 
 def main() -> None:

@@ -100,14 +100,14 @@ def start_backtalk(
 
 
 def wait_serving(proc: subprocess.Popen, err: Output, port: int, timeout_s: float = 90) -> None:
-    """Wait until ``backtalk talk`` serves its page on ``port``.
+    """Wait until ``backtalk talk`` (or ``serve``) answers on ``port``.
 
     Raises:
         AssertionError: the process exited (its stderr's tail is the message), or
             ``timeout_s`` seconds passed.
     """
     deadline = time.monotonic() + timeout_s
-    while http_status(f"http://localhost:{port}/client/") != 200:
+    while http_status(f"http://localhost:{port}/healthz") != 200:
         assert proc.poll() is None, err.text[-3000:]
         assert time.monotonic() < deadline, "the agent did not start"
         time.sleep(0.2)

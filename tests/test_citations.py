@@ -72,6 +72,8 @@ async def test_valid_citations_become_rtvi_messages_and_invented_ones_are_droppe
             "seconds": 214,
             "timestamp": "03:34",
             "url": "https://youtu.be/GDlecture01?t=214",
+            "start_s": LR.start_s,
+            "end_s": LR.end_s,
         },
         {
             "type": "citation",
@@ -81,6 +83,8 @@ async def test_valid_citations_become_rtvi_messages_and_invented_ones_are_droppe
             "seconds": 230,
             "timestamp": "03:50",
             "url": None,
+            "start_s": SOURDOUGH.start_s,
+            "end_s": SOURDOUGH.end_s,
         },
     ]
     assert processor.valid == 2 and processor.dropped == 1

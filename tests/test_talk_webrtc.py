@@ -1,9 +1,10 @@
 """End to end: ``backtalk talk <caption file>`` answers a spoken question over WebRTC.
 
 The product's main command runs as a user runs it, in its own process: it ingests
-the caption file into a real (embedded) Postgres, then serves Pipecat's dev runner
-(prebuilt UI at ``/client/``, SmallWebRTC signalling). A Python WebRTC client
-(:mod:`tests.webrtc_client`, aiortc) connects the way the prebuilt page does, sends a
+the caption file into a real (embedded) Postgres, then serves Backtalk's page and
+its SmallWebRTC signalling (Pipecat's ``/start`` → ``/sessions/{id}/api/offer``). A
+Python WebRTC client (:mod:`tests.webrtc_client`, aiortc) connects the way Pipecat's
+client SDK does, sends a
 real recorded question as Opus over RTP, and listens to the bot's voice. Only the
 cloud services are stand-ins: the loopback fakes of :mod:`tests.fakes` (real wire
 protocols) run in this test process.
@@ -99,20 +100,6 @@ def wav_speech_end_s(pcm: bytes, sample_rate: int = 16000, rms: float = 500.0) -
     return (loud[-1] + window) / sample_rate
 
 
-def redirect_target(url: str) -> str | None:
-    """The ``Location`` a GET of ``url`` redirects to (None: no redirect)."""
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            return None
-
-    try:
-        urllib.request.build_opener(NoRedirect).open(url, timeout=5)
-    except urllib.error.HTTPError as e:
-        return e.headers.get("Location")
-    return None
-
-
 def user_texts(request: dict) -> list[str]:
     out = []
     for message in request["messages"]:
@@ -194,15 +181,15 @@ async def test_talk_answers_a_spoken_question_over_webrtc(
         )
         base = url.group(1).rstrip("/")
         assert base == f"http://localhost:{port}", base
-        # The printed URL is the server's root, which redirects to the page.
+        # The printed URL is Backtalk's own page.
         await wait_until(
-            lambda: http_status(f"{base}/client/") == 200,
-            STARTUP_TIMEOUT_S,
-            "GET /client/ == 200",
-            proc,
+            lambda: http_status(f"{base}/") == 200, STARTUP_TIMEOUT_S, "GET / == 200", proc
         )
         timings["startup"] = time.monotonic() - t0
-        assert redirect_target(f"{base}/") == "/client/"
+        page = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{base}/", timeout=5).read().decode()
+        )
+        assert "<title>Backtalk" in page, "GET / is not Backtalk's page"
         ingested = re.search(r"✓ \S+ added: Gradient descent lecture \(\d+ chunks\)", out.text)
         assert ingested, out.text
 

@@ -241,6 +241,7 @@ class SmallWebRTCClient:
         self.answer: dict[str, Any] | None = None
         self.messages: list[tuple[float, dict[str, Any]]] = []
         self.channel_open = asyncio.Event()
+        self.channel = None
         self._ping_task: asyncio.Task | None = None
 
     @property
@@ -256,12 +257,27 @@ class SmallWebRTCClient:
             if t >= since and m.get("label") == "rtvi-ai" and m.get("type") == type_
         ]
 
+    def send_client_message(self, type_: str, data: dict[str, Any]) -> None:
+        """Send an RTVI ``client-message`` (what ``client.sendClientMessage`` does in JS)."""
+        assert self.channel is not None and self.channel.readyState == "open"
+        self.channel.send(
+            json.dumps(
+                {
+                    "id": str(uuid.uuid4())[:8],
+                    "label": "rtvi-ai",
+                    "type": "client-message",
+                    "data": {"t": type_, "d": data},
+                }
+            )
+        )
+
     async def connect(self, *, timeout_s: float = 30.0) -> None:
         """Start a session, negotiate, and wait until the peer connection is connected."""
         pc = self.pc
         pc.addTransceiver(self.microphone, direction="sendrecv")
         pc.addTransceiver("video", direction="sendrecv")
         channel = pc.createDataChannel("chat", ordered=True)
+        self.channel = channel
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:

@@ -18,11 +18,14 @@ from pipecat.workers.runner import WorkerRunner
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backtalk.agent.latency import TurnLatency, TurnLatencyReporter, format_turn_latency
+from backtalk.agent.personas import persona_switch
 from backtalk.agent.pipeline import BotStages, build_stages
 from backtalk.agent.recorder import ConversationRecorder
 from backtalk.config import Settings
+from backtalk.processors.citations import Citation
+from backtalk.processors.playhead import Playhead, PlayheadRetriever
 from backtalk.processors.speculative import SpeculativeRetriever
-from backtalk.prompts import DEFAULT_PERSONA, system_instruction
+from backtalk.prompts import DEFAULT_PERSONA, personas, system_instruction
 from backtalk.store import (
     Embedder,
     PgVectorRetriever,
@@ -149,13 +152,22 @@ class Conversation:
         stages: The pipeline's processors.
         worker: The Pipecat worker that runs them.
         recorder: Saves the conversation.
+        latency: Reports each turn's latency breakdown.
+        playhead: Where the user is in the video (from the page's messages).
+        observers: Extra observers the worker runs.
     """
 
     stages: BotStages
     worker: PipelineWorker
     recorder: ConversationRecorder
     latency: TurnLatencyReporter
+    playhead: Playhead
     observers: list[BaseObserver] = field(default_factory=list)
+
+
+#: RTVI client messages the conversation understands (``client.sendClientMessage``).
+PLAYER_POSITION_MESSAGE = "player-position"
+SET_PERSONA_MESSAGE = "set-persona"
 
 
 async def build_conversation(
@@ -180,17 +192,32 @@ async def build_conversation(
     def instruction_for(persona: str) -> str:
         return system_instruction(videos, persona=persona, retrieval_mode=settings.retrieval_mode)
 
-    stages = build_stages(
-        settings, transport, retriever, instruction_for=instruction_for, persona=session.persona
-    )
     worker: PipelineWorker | None = None
+    playhead = Playhead()
+
+    async def tell_client(data: dict) -> None:
+        if worker is not None:
+            await worker.queue_frame(RTVIServerMessageFrame(data=data))
+
+    async def on_persona_change(persona: str) -> None:
+        await tell_client({"type": "persona", "persona": persona})
+
+    stages = build_stages(
+        settings,
+        transport,
+        retriever,
+        instruction_for=instruction_for,
+        persona=session.persona,
+        playhead=playhead,
+        time_index=retriever,
+        on_persona_change=on_persona_change,
+    )
 
     async def on_turn(latency: TurnLatency) -> None:
         # Always to the client (RTVI); to the console when asked (--latency).
         if settings.print_latency:
             print(format_turn_latency(latency), file=sys.stderr, flush=True)
-        if worker is not None:
-            await worker.queue_frame(RTVIServerMessageFrame(data=latency.message()))
+        await tell_client(latency.message())
 
     latency = TurnLatencyReporter(on_turn)
     worker = PipelineWorker(
@@ -207,6 +234,48 @@ async def build_conversation(
         [v.key for v in session.videos], transport=transport_name, persona=session.persona
     )
     recorder.attach(stages.user, stages.assistant)
+
+    @stages.citations.event_handler("on_citation")
+    async def _on_citation(_processor, citation: Citation):
+        recorder.note_citation(citation.message())
+
+    # The worker prepends an RTVIProcessor for the client (RTVI is on by default).
+    rtvi = worker.rtvi
+
+    @rtvi.event_handler("on_client_ready")
+    async def _on_client_ready(_rtvi):
+        await tell_client(
+            {
+                "type": "session",
+                "conversation_id": recorder.conversation_id,
+                "videos": [v.key for v in session.videos],
+                "persona": session.persona,
+            }
+        )
+
+    @rtvi.event_handler("on_client_message")
+    async def _on_client_message(_rtvi, message):
+        await _handle_client_message(message.type, message.data)
+
+    async def _handle_client_message(kind: str, data: object) -> None:
+        data = data if isinstance(data, dict) else {}
+        if kind == PLAYER_POSITION_MESSAGE:
+            try:
+                playhead.update(
+                    str(data["video_key"]),
+                    float(data["seconds"]),
+                    playing=bool(data.get("playing", False)),
+                )
+            except (KeyError, TypeError, ValueError):
+                logger.warning("Ignored a malformed player-position message")
+        elif kind == SET_PERSONA_MESSAGE:
+            persona = str(data.get("persona", ""))
+            if persona not in personas():
+                logger.warning("Ignored a set-persona message naming an unknown persona")
+                return
+            await worker.queue_frame(persona_switch(instruction_for, persona))
+            await on_persona_change(persona)
+
     hello = greeting(session.videos)
 
     greeted = False
@@ -232,6 +301,7 @@ async def build_conversation(
         worker=worker,
         recorder=recorder,
         latency=latency,
+        playhead=playhead,
         observers=list(observers),
     )
 
@@ -278,8 +348,11 @@ async def run_conversation(
         if rag is not None:
             stats = rag.stats
             hits = ""
-            if isinstance(rag.retriever, SpeculativeRetriever):
-                spec = rag.retriever.stats
+            turn_retriever = rag.retriever
+            if isinstance(turn_retriever, PlayheadRetriever):
+                turn_retriever = turn_retriever.inner
+            if isinstance(turn_retriever, SpeculativeRetriever):
+                spec = turn_retriever.stats
                 hits = (
                     f", speculative retrieval {spec.ready_hits} ready / {spec.hits} hits / "
                     f"{spec.misses} misses"

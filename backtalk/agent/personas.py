@@ -11,9 +11,28 @@ from pipecat.services.openai.llm import OpenAILLMService
 
 from backtalk.prompts import personas
 
-__all__ = ["SET_PERSONA_TOOL_NAME", "register_persona_tool"]
+__all__ = ["SET_PERSONA_TOOL_NAME", "persona_switch", "register_persona_tool"]
 
 SET_PERSONA_TOOL_NAME = "set_persona"
+
+
+def persona_switch(instruction_for: Callable[[str], str], persona: str) -> LLMUpdateSettingsFrame:
+    """The frame that makes the LLM speak as ``persona`` from its next answer on.
+
+    It swaps the system instruction (persona + the same grounding rules) and keeps
+    the conversation's history.
+
+    Args:
+        instruction_for: Builds the full system instruction for a persona name.
+        persona: One of :func:`backtalk.prompts.personas`.
+
+    Raises:
+        ValueError: ``persona`` is not a known persona.
+    """
+    if persona not in personas():
+        raise ValueError(f"unknown persona {persona!r}; choose one of {', '.join(personas())}")
+    delta = OpenAILLMService.Settings(system_instruction=instruction_for(persona))
+    return LLMUpdateSettingsFrame(delta=delta)
 
 
 def register_persona_tool(
@@ -28,7 +47,8 @@ def register_persona_tool(
     Args:
         llm: The LLM service.
         instruction_for: Builds the full system instruction for a persona name.
-        on_change: Optional ``callable(persona)`` run after a switch (e.g. recording).
+        on_change: Optional ``async callable(persona)`` run after a switch (e.g. to
+            tell the client).
 
     Returns:
         The schema to put in the context's tools.
@@ -42,10 +62,9 @@ def register_persona_tool(
                 {"ok": False, "error": f"unknown persona; choose one of {', '.join(names)}"}
             )
             return
-        delta = OpenAILLMService.Settings(system_instruction=instruction_for(persona))
-        await params.llm.queue_frame(LLMUpdateSettingsFrame(delta=delta))
+        await params.llm.queue_frame(persona_switch(instruction_for, persona))
         if on_change is not None:
-            on_change(persona)
+            await on_change(persona)
         await params.result_callback(
             {"ok": True, "persona": persona, "note": "Speak in the new style from now on."}
         )

@@ -14,7 +14,7 @@ Swapping a service or a VAD/turn parameter is a setting (see
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
@@ -38,6 +38,7 @@ from backtalk.config import Settings
 from backtalk.processors import RAGContextProcessor, Retriever
 from backtalk.processors.citations import CitationProcessor
 from backtalk.processors.guard import PromptLeakGuard
+from backtalk.processors.playhead import Playhead, PlayheadRetriever, TimeIndex
 from backtalk.processors.search_tool import register_search_tool
 from backtalk.processors.speculative import SpeculativeRetrievalTap, SpeculativeRetriever
 from backtalk.prompts import protected_texts
@@ -116,6 +117,9 @@ def build_stages(
     *,
     instruction_for: Callable[[str], str],
     persona: str,
+    playhead: Playhead | None = None,
+    time_index: TimeIndex | None = None,
+    on_persona_change: Callable[[str], Awaitable[None]] | None = None,
 ) -> BotStages:
     """Build the processors of one conversation.
 
@@ -127,12 +131,17 @@ def build_stages(
         instruction_for: Builds the LLM's system instruction (persona + grounding
             rules) for a persona name.
         persona: The persona to start with.
+        playhead: Where the user is in the video, as the page reports it; with
+            ``time_index``, questions about "this part" get the passage under it
+            (:class:`~backtalk.processors.playhead.PlayheadRetriever`).
+        time_index: Finds chunks by time (the store's retriever).
+        on_persona_change: Awaited after the LLM switches persona by voice.
 
     Returns:
         The stages; ``.pipeline()`` assembles them.
     """
     llm = make_llm(settings, instruction_for(persona))
-    tools = [register_persona_tool(llm, instruction_for)]
+    tools = [register_persona_tool(llm, instruction_for, on_change=on_persona_change)]
     if settings.retrieval_mode == "tool":
         tools.append(
             register_search_tool(
@@ -149,8 +158,11 @@ def build_stages(
     )
     inject = settings.retrieval_mode == "inject"
     speculative = SpeculativeRetriever(retriever) if inject and settings.speculate else None
+    turn_retriever: Retriever = speculative or retriever
+    if playhead is not None and time_index is not None:
+        turn_retriever = PlayheadRetriever(turn_retriever, time_index, playhead)
     rag = RAGContextProcessor(
-        speculative or retriever,
+        turn_retriever,
         top_k=settings.retrieval_top_k,
         timeout_s=settings.retrieval_timeout_s,
         min_score=settings.min_score,

@@ -26,7 +26,9 @@ class ConversationRecorder:
     It listens to the context aggregators' ``on_user_turn_message_added`` and
     ``on_assistant_turn_stopped`` events, which Pipecat runs as tasks, so a write
     never delays a turn; writes are serialised so rows keep the conversation's
-    order. A database failure is logged and the conversation goes on.
+    order. A database failure is logged and the conversation goes on. Citations sent
+    to the client during an assistant turn (:meth:`note_citation`) are saved with that
+    turn's message, so a saved conversation keeps its clickable moments.
 
     Args:
         engine: Asyncio engine of the store.
@@ -35,6 +37,7 @@ class ConversationRecorder:
     def __init__(self, engine: AsyncEngine):
         self._engine = engine
         self._lock = asyncio.Lock()
+        self._citations: list[dict] = []
         self.conversation_id: int | None = None
 
     async def start(
@@ -61,10 +64,32 @@ class ConversationRecorder:
 
         @assistant.event_handler("on_assistant_turn_stopped")
         async def _on_assistant(_aggregator, message: AssistantTurnStoppedMessage):
+            citations, self._citations = self._citations, []
             if message.content:
-                await self.add("assistant", message.content, interrupted=message.interrupted)
+                await self.add(
+                    "assistant",
+                    message.content,
+                    interrupted=message.interrupted,
+                    citations=citations,
+                )
 
-    async def add(self, role: str, content: str, *, interrupted: bool = False) -> None:
+    def note_citation(self, citation: dict) -> None:
+        """Keep a citation sent during the current assistant turn, to save with it.
+
+        Args:
+            citation: The payload sent to the client
+                (:meth:`~backtalk.processors.citations.Citation.message`).
+        """
+        self._citations.append(citation)
+
+    async def add(
+        self,
+        role: str,
+        content: str,
+        *,
+        interrupted: bool = False,
+        citations: Sequence[dict] | None = None,
+    ) -> None:
         """Append one message (no-op before :meth:`start`)."""
         if self.conversation_id is None:
             return
@@ -72,7 +97,9 @@ class ConversationRecorder:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(
-                        message_insert(self.conversation_id, role, content, interrupted)
+                        message_insert(
+                            self.conversation_id, role, content, interrupted, citations
+                        )
                     )
             except SQLAlchemyError as exc:
                 logger.warning(f"Could not save a {role} message: {type(exc).__name__}")

@@ -1,11 +1,14 @@
-"""Starting the agent: a local browser page (SmallWebRTC) or a Daily room."""
+"""Starting the agent outside Backtalk's server: Pipecat's ``bot()`` entry, or a Daily room.
+
+The local page is served by :mod:`backtalk.server`; :func:`make_bot` gives Pipecat's
+``async def bot(runner_args)`` shape (Pipecat's runner, its eval harness, Pipecat
+Cloud), and :func:`run_daily` joins a Daily room.
+"""
 
 from __future__ import annotations
 
-import gc
 import socket
 import sys
-from contextlib import asynccontextmanager
 
 import aiohttp
 from loguru import logger
@@ -15,12 +18,16 @@ from backtalk.agent.audio import transport_params
 from backtalk.agent.bot import AgentResources, TalkSession, run_conversation
 from backtalk.errors import UsageError
 
-__all__ = ["make_bot", "run_daily", "serve_webrtc"]
+__all__ = ["check_port_free", "configure_logging", "make_bot", "run_daily"]
 
 
-def _configure_logging(level: str) -> None:
-    # Pipecat's dev runner resets loguru to DEBUG, which logs prompts and transcripts;
-    # Backtalk logs at INFO unless asked for more (BACKTALK_LOG_LEVEL).
+def configure_logging(level: str) -> None:
+    """Log Backtalk's and Pipecat's lines (loguru) to stderr at ``level``.
+
+    Pipecat logs at DEBUG by default (its dev runner resets loguru to DEBUG), which
+    includes prompts and transcripts; Backtalk logs at INFO unless asked for more
+    (``BACKTALK_LOG_LEVEL``).
+    """
     logger.remove()
     logger.add(sys.stderr, level=level)
 
@@ -53,7 +60,7 @@ def make_bot(resources: AgentResources, session: TalkSession):
     from pipecat.transports.daily.transport import DailyParams
 
     async def bot(runner_args: RunnerArguments) -> None:
-        _configure_logging(resources.settings.log_level)
+        configure_logging(resources.settings.log_level)
         transport = await create_transport(
             runner_args,
             {
@@ -73,45 +80,6 @@ def make_bot(resources: AgentResources, session: TalkSession):
         )
 
     return bot
-
-
-def serve_webrtc(resources: AgentResources, session: TalkSession, *, host: str, port: int) -> None:
-    """Serve the agent on a local page with Pipecat's development runner (SmallWebRTC).
-
-    The runner prints the URL to open (``http://HOST:PORT/client``); each browser
-    connection starts one conversation. Blocks until Ctrl-C.
-
-    Args:
-        resources: Shared store, engine and embedder.
-        session: The videos and persona.
-        host: Interface to listen on.
-        port: TCP port.
-
-    Raises:
-        UsageError: the port is already in use.
-    """
-    from pipecat.runner import run as pipecat_runner
-
-    check_port_free(host, port)
-    # The runner resets loguru to DEBUG in main(); restore our level when its server
-    # starts, by composing a lifespan the same way the runner composes its own.
-    existing = pipecat_runner.app.router.lifespan_context
-
-    @asynccontextmanager
-    async def quiet_logs(app):
-        _configure_logging(resources.settings.log_level)
-        async with existing(app) as state:
-            yield state
-
-    pipecat_runner.app.router.lifespan_context = quiet_logs
-    # Start-up objects (models, modules) live for the whole process: freezing them keeps
-    # each conversation's gc.collect() short (165 → 34 ms, benchmarks/concurrency.py).
-    gc.collect()
-    gc.freeze()
-    # The runner discovers `bot` on the __main__ module and reads its options from argv.
-    sys.modules["__main__"].bot = make_bot(resources, session)  # type: ignore[attr-defined]
-    sys.argv = [sys.argv[0], "-t", "webrtc", "--host", host, "--port", str(port)]
-    pipecat_runner.main()
 
 
 async def run_daily(

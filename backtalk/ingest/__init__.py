@@ -5,6 +5,7 @@ from backtalk.ingest.chunking import chunk_segments as chunk_segments
 from backtalk.ingest.job import IngestOutcome as IngestOutcome
 from backtalk.ingest.job import IngestReport as IngestReport
 from backtalk.ingest.job import ingest_sources as ingest_sources
+from backtalk.ingest.job import ingest_with_settings as ingest_with_settings
 from backtalk.ingest.segments import Segment as Segment
 from backtalk.ingest.sources import CaptionFileSource as CaptionFileSource
 from backtalk.ingest.sources import Source as Source
@@ -24,6 +25,7 @@ __all__ = [
     "YouTubeSource",
     "chunk_segments",
     "ingest_sources",
+    "ingest_with_settings",
     "parse_source",
     "parse_video_id",
 ]

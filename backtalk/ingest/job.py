@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from backtalk.config import Settings
 from backtalk.errors import BacktalkError, CaptionFileError, TranscriptUnavailableError
 from backtalk.ingest.captions import read_caption_file
 from backtalk.ingest.chunking import Chunk, chunk_segments
@@ -20,7 +21,14 @@ from backtalk.ingest.youtube import YouTubeProxy, fetch_youtube_transcript
 from backtalk.store.embedders import Embedder
 from backtalk.store.repo import ChunkRow, Store, VideoRow
 
-__all__ = ["IngestOutcome", "IngestReport", "ProgressHook", "ingest_sources"]
+__all__ = [
+    "IngestOutcome",
+    "IngestReport",
+    "ProgressHook",
+    "ingest_sources",
+    "ingest_with_settings",
+    "youtube_proxy",
+]
 
 logger = logging.getLogger("backtalk.ingest")
 
@@ -182,6 +190,54 @@ def ingest_sources(
             outcome = IngestOutcome(source, "failed", error=exc)
         report.outcomes.append(outcome)
     return report
+
+
+def youtube_proxy(settings: Settings) -> YouTubeProxy:
+    """The YouTube proxy the settings name (none, a URL, or Webshare credentials)."""
+    return YouTubeProxy(
+        url=settings.secret("youtube_proxy_url"),
+        webshare_username=settings.secret("webshare_proxy_username"),
+        webshare_password=settings.secret("webshare_proxy_password"),
+    )
+
+
+def ingest_with_settings(
+    settings: Settings,
+    store: Store,
+    sources: Sequence[Source],
+    *,
+    embedder: Embedder,
+    languages: Sequence[str] | None = None,
+    skip_present: bool = False,
+    progress: ProgressHook | None = None,
+) -> IngestReport:
+    """:func:`ingest_sources` with languages, proxy and chunking from the settings.
+
+    What the CLI's ``ingest``/``talk`` and the server's ``POST /api/videos`` run.
+
+    Args:
+        settings: Caption languages, YouTube proxy, chunk lengths.
+        store: The library.
+        embedder: The library's embedder.
+        sources: Parsed inputs.
+        languages: Caption languages overriding ``settings.transcript_languages``.
+        skip_present: Leave videos already in the library as they are.
+        progress: Called as work advances.
+
+    Raises:
+        The errors of :func:`ingest_sources`.
+    """
+    return ingest_sources(
+        sources,
+        store=store,
+        embedder=embedder,
+        languages=languages or settings.transcript_languages,
+        proxy=youtube_proxy(settings),
+        chunk_target_s=settings.chunk_target_s,
+        chunk_max_s=settings.chunk_max_s,
+        skip_present=skip_present,
+        progress=progress,
+    )
 
 
 def _ingest_one(

@@ -14,9 +14,11 @@ The LLM marks each moment it uses with a tag the user never hears::
 
     {"type": "citation", "video_id": "GDlecture01", "video_key": "GDlecture01",
      "title": "Gradient Descent, Explained Simply", "seconds": 371,
-     "timestamp": "06:11", "url": "https://youtu.be/GDlecture01?t=371"}
+     "timestamp": "06:11", "url": "https://youtu.be/GDlecture01?t=371",
+     "start_s": 359.5, "end_s": 400.0}
 
-  (``video_id`` and ``url`` are null for videos that are not on YouTube.) The RTVI
+  (``video_id`` and ``url`` are null for videos that are not on YouTube; ``start_s``
+  and ``end_s`` are the window of the transcript chunk the moment falls in.) The RTVI
   envelope is ``{"label": "rtvi-ai", "type": "server-message", "data": {...}}``.
 """
 
@@ -96,6 +98,8 @@ class Citation:
             "seconds": self.seconds,
             "timestamp": format_timestamp(self.seconds),
             "url": youtube_link(youtube_id, self.seconds) if youtube_id else None,
+            "start_s": self.chunk.start_s,
+            "end_s": self.chunk.end_s,
         }
 
 

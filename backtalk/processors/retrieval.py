@@ -47,7 +47,11 @@ class RetrievedChunk:
         video_title: Title of the video the chunk comes from.
         video_key: The store's name for the video (YouTube id or caption-file id).
         youtube_id: The 11-character YouTube id, if the video is on YouTube.
-        score: Cosine similarity to the query, -1..1 (higher is closer).
+        score: Cosine similarity to the query, -1..1 (higher is closer); 0 for a
+            chunk chosen by time.
+        playhead_s: Set on a chunk chosen because it lies under the user's playhead
+            (:mod:`backtalk.processors.playhead`): the playhead, seconds. None for a
+            chunk chosen by similarity.
     """
 
     text: str
@@ -57,6 +61,7 @@ class RetrievedChunk:
     video_key: str
     youtube_id: str | None = None
     score: float = 0.0
+    playhead_s: float | None = None
 
     @property
     def link(self) -> str | None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
@@ -137,6 +138,9 @@ class Message(Base):
     Parameters:
         role: ``user`` or ``assistant``.
         interrupted: True when the user barged in before the assistant finished.
+        citations: The checked citations the assistant made in this turn, as the
+            client received them (:meth:`backtalk.processors.citations.Citation.message`),
+            or None.
     """
 
     __tablename__ = "messages"
@@ -148,6 +152,7 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     interrupted: Mapped[bool] = mapped_column(default=False)
+    citations: Mapped[list[dict] | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import numpy as np
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy import null as sa_null
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -29,7 +30,18 @@ from backtalk.store.models import (
     VideoChunk,
 )
 
-__all__ = ["ChunkRow", "Store", "VideoInfo", "VideoRow", "search_statement"]
+__all__ = [
+    "ChunkRow",
+    "ConversationRecord",
+    "ConversationSummary",
+    "MessageRecord",
+    "Store",
+    "StoredChunk",
+    "VideoInfo",
+    "VideoRow",
+    "around_statement",
+    "search_statement",
+]
 
 _META_MODEL = "embedding_model"
 _META_DIMENSIONS = "embedding_dimensions"
@@ -72,6 +84,117 @@ class VideoInfo:
     chunks: int
     ingested_at: datetime
     embedding_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """A stored chunk of a video's transcript (``GET /api/videos/{key}/chunks``).
+
+    Parameters:
+        ordinal: 0-based position in the video.
+        start_s / end_s: The window, seconds from the start of the video.
+        text: The transcript text.
+    """
+
+    ordinal: int
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """One saved conversation, as a history list shows it.
+
+    Parameters:
+        id: ``conversations.id``.
+        video_keys: The videos it was about.
+        persona: The persona it started with.
+        started_at / ended_at: When it ran (``ended_at`` None while live or if the
+            process died).
+        messages: How many messages it holds.
+        preview: Its first user message ('' if none).
+    """
+
+    id: int
+    video_keys: list[str]
+    persona: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    messages: int
+    preview: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One saved message.
+
+    Parameters:
+        role: ``user`` or ``assistant``.
+        content: What was said (for the assistant: what went into the context).
+        interrupted: The user cut the assistant off.
+        created_at: When it was saved.
+        citations: The assistant's checked citations, as sent to the client.
+    """
+
+    role: str
+    content: str
+    interrupted: bool
+    created_at: datetime
+    citations: list[dict]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    """A saved conversation with its messages, oldest first."""
+
+    summary: ConversationSummary
+    messages: list[MessageRecord]
+
+
+def around_statement(
+    video_key: str,
+    seconds: float,
+    *,
+    before_s: float,
+    video_ids: Sequence[int] | None = None,
+) -> Select:
+    """The chunks of a video that overlap ``[seconds - before_s, seconds]``, in order.
+
+    This is what "what did she just say?" refers to: the passage under the playhead
+    and what came just before it.
+
+    Args:
+        video_key: The video being watched (``videos.key``).
+        seconds: The playhead, seconds from the start of the video.
+        before_s: How far back "just now" reaches, seconds.
+        video_ids: If given, the video must be one of these (a session's scope).
+
+    Returns:
+        A select yielding ``text, start_s, end_s, title, key, youtube_id, distance``
+        (``distance`` is NULL: these chunks are chosen by time, not similarity).
+    """
+    stmt = (
+        select(
+            VideoChunk.text,
+            VideoChunk.start_s,
+            VideoChunk.end_s,
+            Video.title,
+            Video.key,
+            Video.youtube_id,
+            sa_null().label("distance"),
+        )
+        .join(Video, Video.id == VideoChunk.video_id)
+        .where(
+            Video.key == video_key,
+            VideoChunk.start_s <= seconds,
+            VideoChunk.end_s >= seconds - before_s,
+        )
+        .order_by(VideoChunk.start_s.desc())
+    )
+    if video_ids is not None:
+        stmt = stmt.where(VideoChunk.video_id.in_(list(video_ids)))
+    return stmt
 
 
 def search_statement(
@@ -122,7 +245,7 @@ def rows_to_chunks(rows: Sequence) -> list[RetrievedChunk]:
             video_title=row.title,
             video_key=row.key,
             youtube_id=row.youtube_id,
-            score=1.0 - float(row.distance),
+            score=1.0 - float(row.distance) if row.distance is not None else 0.0,
         )
         for row in rows
     ]
@@ -319,6 +442,25 @@ class Store:
         """
         return {v.key: v for v in self.list_videos(keys)}
 
+    def chunks(self, key: str) -> list[StoredChunk]:
+        """The transcript of video ``key``, chunk by chunk in order ([] if absent)."""
+        stmt = (
+            select(VideoChunk.ordinal, VideoChunk.start_s, VideoChunk.end_s, VideoChunk.text)
+            .join(Video, Video.id == VideoChunk.video_id)
+            .where(Video.key == key)
+            .order_by(VideoChunk.ordinal)
+        )
+        with self.engine.connect() as conn:
+            return [StoredChunk(*row) for row in conn.execute(stmt)]
+
+    def chunks_around(
+        self, video_key: str, seconds: float, *, before_s: float
+    ) -> list[RetrievedChunk]:
+        """Chunks under and just before the playhead (see :func:`around_statement`)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(around_statement(video_key, seconds, before_s=before_s)).all()
+        return rows_to_chunks(rows)
+
     def remove_video(self, key: str) -> bool:
         """Delete a video and its chunks. Returns False if it was not there."""
         with self.engine.begin() as conn:
@@ -405,6 +547,74 @@ class Store:
                 ).all()
             )
 
+    def conversation_summaries(
+        self, *, video_key: str | None = None, conversation_id: int | None = None
+    ) -> list[ConversationSummary]:
+        """Saved conversations, newest first.
+
+        Args:
+            video_key: Only conversations about this video.
+            conversation_id: Only this conversation.
+        """
+        first_user = (
+            select(Message.content)
+            .where(Message.conversation_id == Conversation.id, Message.role == "user")
+            .order_by(Message.id)
+            .limit(1)
+            .correlate(Conversation)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(Conversation, func.count(Message.id), first_user)
+            .outerjoin(Message, Message.conversation_id == Conversation.id)
+            .group_by(Conversation.id)
+            .order_by(Conversation.id.desc())
+        )
+        if video_key is not None:
+            # video_keys is comma-separated; keys never contain commas.
+            stmt = stmt.where(
+                func.concat(",", Conversation.video_keys, ",").contains(f",{video_key},")
+            )
+        if conversation_id is not None:
+            stmt = stmt.where(Conversation.id == conversation_id)
+        with Session(self.engine) as session:
+            rows = session.execute(stmt).all()
+        return [
+            ConversationSummary(
+                id=c.id,
+                video_keys=[k for k in c.video_keys.split(",") if k],
+                persona=c.persona,
+                started_at=c.started_at,
+                ended_at=c.ended_at,
+                messages=int(n),
+                preview=preview or "",
+            )
+            for c, n, preview in rows
+        ]
+
+    def conversation(self, conversation_id: int) -> ConversationRecord | None:
+        """A saved conversation with its messages, or None if there is none by that id."""
+        summaries = self.conversation_summaries(conversation_id=conversation_id)
+        if not summaries:
+            return None
+        stmt = (
+            select(
+                Message.role,
+                Message.content,
+                Message.interrupted,
+                Message.created_at,
+                Message.citations,
+            )
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.id)
+        )
+        with self.engine.connect() as conn:
+            messages = [
+                MessageRecord(role, content, interrupted, created_at, citations or [])
+                for role, content, interrupted, created_at, citations in conn.execute(stmt)
+            ]
+        return ConversationRecord(summary=summaries[0], messages=messages)
+
 
 def conversation_start(video_keys: Sequence[str], *, transport: str | None, persona: str | None):
     """The INSERT of a new conversation, returning its id."""
@@ -415,10 +625,20 @@ def conversation_start(video_keys: Sequence[str], *, transport: str | None, pers
     )
 
 
-def message_insert(conversation_id: int, role: str, content: str, interrupted: bool = False):
+def message_insert(
+    conversation_id: int,
+    role: str,
+    content: str,
+    interrupted: bool = False,
+    citations: Sequence[dict] | None = None,
+):
     """The INSERT of one conversation message (run by sync or async callers)."""
     return insert(Message).values(
-        conversation_id=conversation_id, role=role, content=content, interrupted=interrupted
+        conversation_id=conversation_id,
+        role=role,
+        content=content,
+        interrupted=interrupted,
+        citations=list(citations) if citations else None,
     )
 
 

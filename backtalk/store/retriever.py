@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backtalk.processors.retrieval import RetrievedChunk
 from backtalk.store.embedders import Embedder
-from backtalk.store.repo import rows_to_chunks, search_statement
+from backtalk.store.repo import around_statement, rows_to_chunks, search_statement
 
 __all__ = ["PgVectorRetriever"]
 
@@ -54,6 +54,27 @@ class PgVectorRetriever:
         async with self._engine.connect() as conn:
             result = await conn.execute(search_statement(vector, k=k, video_ids=self._video_ids))
             rows = result.all()
+        return rows_to_chunks(rows)
+
+    async def around(
+        self, video_key: str, seconds: float, *, before_s: float
+    ) -> list[RetrievedChunk]:
+        """The chunks under and just before a playhead, latest first (no embedding).
+
+        Implements :class:`backtalk.processors.playhead.TimeIndex`.
+
+        Args:
+            video_key: The video being watched; ignored (``[]``) if it is outside
+                this retriever's videos.
+            seconds: The playhead, seconds from the start of the video.
+            before_s: How far back to reach, seconds.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database failed.
+        """
+        stmt = around_statement(video_key, seconds, before_s=before_s, video_ids=self._video_ids)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
         return rows_to_chunks(rows)
 
     async def warm_up(self) -> None:

@@ -1,0 +1,265 @@
+"""The JSON shapes of the server's API (pydantic models; FastAPI documents them at /docs).
+
+Times are ISO 8601 with a time zone; positions in a video are seconds from its start.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backtalk.store.repo import ConversationRecord, ConversationSummary, StoredChunk, VideoInfo
+
+__all__ = [
+    "ChunkOut",
+    "ChunksOut",
+    "CollectionOut",
+    "CollectionsOut",
+    "ConfigOut",
+    "ConversationOut",
+    "ConversationSummaryOut",
+    "ConversationsOut",
+    "IngestRequest",
+    "JobOut",
+    "JobResponse",
+    "MessageOut",
+    "SessionRequest",
+    "SessionStarted",
+    "VideoOut",
+    "VideosOut",
+]
+
+
+class VideoOut(BaseModel):
+    """A video in the library.
+
+    Parameters:
+        key: The library's name for it: the YouTube id, or a caption file's id.
+        title: Its title.
+        youtube_id: The 11-character YouTube id, or None for a caption file not
+            linked to YouTube.
+        channel: The channel, when known.
+        duration_s: Length of its transcript, seconds.
+        chunks: Transcript chunks stored for it.
+        ingested_at: When it was (last) ingested.
+    """
+
+    key: str
+    title: str
+    youtube_id: str | None
+    channel: str | None
+    duration_s: float
+    chunks: int
+    ingested_at: datetime
+
+    @classmethod
+    def of(cls, video: VideoInfo) -> VideoOut:
+        """The API shape of a stored video."""
+        return cls(
+            key=video.key,
+            title=video.title,
+            youtube_id=video.youtube_id,
+            channel=video.channel,
+            duration_s=video.duration_s,
+            chunks=video.chunks,
+            ingested_at=video.ingested_at,
+        )
+
+
+class VideosOut(BaseModel):
+    """The library, oldest ingest first."""
+
+    videos: list[VideoOut]
+
+
+class ConfigOut(BaseModel):
+    """What the page opens on.
+
+    Parameters:
+        videos: The videos ``backtalk talk`` was started with ([] for ``serve``).
+        persona: The persona to start with.
+        personas: Every persona the bot can take.
+    """
+
+    videos: list[VideoOut]
+    persona: str
+    personas: list[str]
+
+
+class IngestRequest(BaseModel):
+    """``POST /api/videos``: add a YouTube video to the library."""
+
+    input: str = Field(description="A YouTube URL (any form) or an 11-character video id.")
+
+
+class JobOut(BaseModel):
+    """An ingest job and its progress.
+
+    Parameters:
+        id: The job's id.
+        input: What was asked for.
+        key: The video's key once the input is parsed.
+        status: ``queued``, ``running``, ``done`` or ``failed``.
+        stage: ``fetch`` (the transcript from YouTube), ``embed`` (``done`` of
+            ``total`` chunks) or ``store`` (writing to Postgres); the CLI's stages.
+        done / total: Progress within the stage.
+        error: Why it failed, with what to do (the CLI's message).
+        video: The video, once done.
+    """
+
+    id: str
+    input: str
+    key: str | None
+    status: Literal["queued", "running", "done", "failed"]
+    stage: Literal["fetch", "embed", "store"] | None = None
+    done: int = 0
+    total: int | None = None
+    error: str | None = None
+    video: VideoOut | None = None
+
+
+class JobResponse(BaseModel):
+    """A job, wrapped."""
+
+    job: JobOut
+
+
+class ChunkOut(BaseModel):
+    """One chunk of a transcript: ``text`` spoken from ``start_s`` to ``end_s`` seconds."""
+
+    ordinal: int
+    start_s: float
+    end_s: float
+    text: str
+
+    @classmethod
+    def of(cls, chunk: StoredChunk) -> ChunkOut:
+        """The API shape of a stored chunk."""
+        return cls(ordinal=chunk.ordinal, start_s=chunk.start_s, end_s=chunk.end_s, text=chunk.text)
+
+
+class ChunksOut(BaseModel):
+    """A video's transcript, chunk by chunk."""
+
+    video: VideoOut
+    chunks: list[ChunkOut]
+
+
+class CollectionOut(BaseModel):
+    """A named group of videos (their keys)."""
+
+    name: str
+    videos: list[str]
+
+
+class CollectionsOut(BaseModel):
+    """Every collection, by name."""
+
+    collections: list[CollectionOut]
+
+
+class ConversationSummaryOut(BaseModel):
+    """A saved conversation, as a history list shows it."""
+
+    id: int
+    video_keys: list[str]
+    persona: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    messages: int
+    preview: str = Field(description="The first thing the user said.")
+
+    @classmethod
+    def of(cls, summary: ConversationSummary) -> ConversationSummaryOut:
+        """The API shape of a conversation summary."""
+        return cls(
+            id=summary.id,
+            video_keys=summary.video_keys,
+            persona=summary.persona,
+            started_at=summary.started_at,
+            ended_at=summary.ended_at,
+            messages=summary.messages,
+            preview=summary.preview,
+        )
+
+
+class ConversationsOut(BaseModel):
+    """Saved conversations, newest first."""
+
+    conversations: list[ConversationSummaryOut]
+
+
+class MessageOut(BaseModel):
+    """One message of a saved conversation.
+
+    Parameters:
+        citations: The assistant's checked citations, in the RTVI ``citation``
+            message's shape (``video_key``, ``seconds``, ``timestamp``, ``url``, ...).
+    """
+
+    role: str
+    content: str
+    interrupted: bool
+    created_at: datetime
+    citations: list[dict]
+
+
+class ConversationOut(BaseModel):
+    """A saved conversation with its messages, oldest first."""
+
+    id: int
+    video_keys: list[str]
+    persona: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    messages: list[MessageOut]
+
+    @classmethod
+    def of(cls, record: ConversationRecord) -> ConversationOut:
+        """The API shape of a saved conversation."""
+        summary = record.summary
+        return cls(
+            id=summary.id,
+            video_keys=summary.video_keys,
+            persona=summary.persona,
+            started_at=summary.started_at,
+            ended_at=summary.ended_at,
+            messages=[
+                MessageOut(
+                    role=m.role,
+                    content=m.content,
+                    interrupted=m.interrupted,
+                    created_at=m.created_at,
+                    citations=m.citations,
+                )
+                for m in record.messages
+            ],
+        )
+
+
+class SessionRequest(BaseModel):
+    """``POST /api/sessions``: what the conversation is about.
+
+    Parameters:
+        videos: Keys of the videos to talk about (default: the ones ``talk`` opened).
+        persona: The persona to start with (default: the server's).
+        transport: Only ``webrtc`` is served here.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    videos: list[str] | None = None
+    persona: str | None = None
+    transport: Literal["webrtc"] = "webrtc"
+
+
+class SessionStarted(BaseModel):
+    """A session waiting for its WebRTC offer at ``offerUrl``.
+
+    The shape of Pipecat's runner ``/start`` response, so that the Pipecat client
+    SDK's ``startBotAndConnect`` works against it.
+    """
+
+    sessionId: str  # noqa: N815 (Pipecat's client SDK reads this name)
+    offerUrl: str  # noqa: N815
