@@ -317,6 +317,13 @@ def eval_(
     floor: Annotated[
         float | None, typer.Option(help="Similarity floor (default: the embedder's).")
     ] = None,
+    position: Annotated[
+        bool,
+        typer.Option(
+            "--position/--no-position",
+            help="Use questions' position_s (the player's position) as the agent does.",
+        ),
+    ] = True,
 ) -> None:
     """Score retrieval on QA files against the library: recall@k and MRR per question kind."""
     from backtalk.evals import evaluate, load_qa
@@ -328,14 +335,25 @@ def eval_(
         embedder = embedder_for(settings)
         store.check_embedder(embedder.model, embedder.dimensions)
         min_score = floor if floor is not None else settings.min_score
-        report = evaluate(store, embedder, cases, k=k, query_turns=query_turns, min_score=min_score)
+        report = evaluate(
+            store,
+            embedder,
+            cases,
+            k=k,
+            query_turns=query_turns,
+            min_score=min_score,
+            use_position=position,
+        )
     table = Table("kind", "n", f"recall@{k}", "MRR", "kept by floor", "declined by floor")
     for kind, score in report.kinds.items():
         pct = lambda x: "" if x is None else f"{x:.2f}"  # noqa: E731
         recall = "" if kind == "off_topic" else f"{score.recall:.2f}"
         mrr = "" if kind == "off_topic" else f"{score.mrr:.2f}"
         table.add_row(kind, str(score.n), recall, mrr, pct(score.kept), pct(score.declined))
-    out.print(f"embedder {embedder.model}, floor {min_score}, query turns {query_turns}")
+    out.print(
+        f"embedder {embedder.model}, floor {min_score}, query turns {query_turns}, "
+        f"player position {'used' if position else 'ignored'}"
+    )
     out.print(table)
 
 

@@ -2,8 +2,12 @@
 
 A QA file is a JSON list of ``{"video", "question", "answer_start", "answer_end",
 "kind"}`` (seconds; ``kind`` one of ``factual``, ``conceptual``, ``follow_up``,
-``off_topic``; a follow-up has ``"after"``: the index of the question it follows;
-an off-topic question has null times). ``video`` is the video's key in the library.
+``off_topic``, ``playhead``; a follow-up has ``"after"``: the index of the question it
+follows; an off-topic question has null times). ``video`` is the video's key in the
+library. ``"position_s"`` (optional) is where the player was when the question was
+asked: retrieval then combines the playhead with the search exactly as the agent does
+(:class:`backtalk.processors.playhead.PlayheadRetriever`), so "what did he just say?"
+is scored on the chunks under the playhead.
 
 A retrieved chunk is a hit when its time window overlaps ``[answer_start,
 answer_end)``. Recall@k is the share of answerable questions with a hit in the top
@@ -23,6 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from backtalk.errors import UsageError, VideoNotFoundError
+from backtalk.processors.playhead import DEFAULT_BEFORE_S, merge_playhead, refers_to_playhead
 from backtalk.processors.retrieval import RetrievedChunk
 from backtalk.store.embedders import Embedder
 from backtalk.store.repo import Store
@@ -39,6 +44,7 @@ class QACase(BaseModel):
     answer_end: float | None = None
     kind: str
     after: int | None = None
+    position_s: float | None = None
 
     @property
     def answerable(self) -> bool:
@@ -129,6 +135,7 @@ def evaluate(
     k: int = 5,
     query_turns: int = 2,
     min_score: float | None = None,
+    use_position: bool = True,
 ) -> EvalReport:
     """Run each question against its video and score the retrieval.
 
@@ -143,6 +150,8 @@ def evaluate(
         k: Chunks per question.
         query_turns: User messages per query (1 = the question alone).
         min_score: Similarity floor; None to skip the floor measures.
+        use_position: Use each case's ``position_s`` (the playhead); False scores
+            the similarity search alone, for comparison.
 
     Raises:
         VideoNotFoundError: a case names a video not in the library.
@@ -162,6 +171,10 @@ def evaluate(
         history[case.video].append(case.question)
         hits = store.search(embedder.embed([query])[0], k=k, video_ids=[videos[case.video].id])
         top = hits[0].score if hits else -1.0
+        if use_position and case.position_s is not None and refers_to_playhead(case.question):
+            around = store.chunks_around(case.video, case.position_s, before_s=DEFAULT_BEFORE_S)
+            hits = merge_playhead(around, hits, k=k, playhead_s=case.position_s)
+            top = 1.0  # the agent keeps playhead chunks whatever their similarity
         report.top_scores.append((case.kind, top))
         above = min_score is None or top >= min_score
         if not case.answerable:

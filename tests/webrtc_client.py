@@ -1,8 +1,10 @@
-"""A Python stand-in for the browser page Pipecat's dev runner serves (SmallWebRTC).
+"""A Python stand-in for a Pipecat browser client over SmallWebRTC.
 
-:class:`SmallWebRTCClient` does what the prebuilt UI at ``/client/`` does in a
-browser (read from ``pipecat-ai-prebuilt``'s bundled JS client and from Pipecat's
-``runner/run.py`` and ``transports/smallwebrtc/``):
+:class:`SmallWebRTCClient` does what Pipecat's JS client SDK (``startBotAndConnect``
+with ``SmallWebRTCTransport``, as in Backtalk's page and Pipecat's prebuilt UI) does
+in a browser (read from ``pipecat-ai-prebuilt``'s bundled JS client and from
+Pipecat's ``runner/run.py`` and ``transports/smallwebrtc/``), against any server with
+Pipecat's session routes (``backtalk talk``, Pipecat's dev runner):
 
 1. ``POST /start`` with ``{"transport": "webrtc", "createDailyRoom": false,
    "enableDefaultIceServers": ..., }`` → ``{"sessionId": ..., "iceConfig"?: ...}``;

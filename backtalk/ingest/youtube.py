@@ -100,7 +100,7 @@ def _unavailable(
         return TranscriptUnavailableError(
             video_id,
             "Subtitles are turned off for this video.",
-            "Nothing can be fetched from YouTube; if you have captions, " + _CAPTION_FILE_REMEDY,
+            "Nothing can be fetched from YouTube. " + _CAPTION_FILE_REMEDY,
         )
     if isinstance(exc, NoTranscriptFound):
         listing = f" Available: {', '.join(available)}." if available else ""
@@ -132,7 +132,8 @@ def _unavailable(
         return TranscriptUnavailableError(
             video_id,
             "YouTube requires a proof-of-origin token for this video's captions.",
-            "Upgrade youtube-transcript-api, or " + _CAPTION_FILE_REMEDY,
+            "Upgrade youtube-transcript-api (pip install -U youtube-transcript-api). "
+            + _CAPTION_FILE_REMEDY,
         )
     if isinstance(exc, requests.RequestException):
         return TranscriptUnavailableError(
@@ -144,7 +145,7 @@ def _unavailable(
     return TranscriptUnavailableError(
         video_id,
         f"YouTube refused the transcript ({type(exc).__name__}).",
-        "Retry later; if it persists, " + _CAPTION_FILE_REMEDY,
+        "Retry later. " + _CAPTION_FILE_REMEDY,
     )
 
 

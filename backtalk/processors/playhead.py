@@ -52,7 +52,8 @@ _CUES = re.compile(
     r"""\b(?:
       (?:this|that)\s+(?:part|bit|section|point|moment|scene|slide|segment|clip|example
                          |sentence|line|passage|step|diagram|picture|graph|one)
-    | just\s+(?:now|said|say|says|mentioned|explained|showed|described|talked|did)
+    | just\s+(?:now|said|say|says|mention|mentioned|explain|explained|show|showed|described
+                |talked|talking|did)
     | right\s+(?:now|here|there)
     | (?:say|said|says|saying|mean|means|meant|talking\s+about|doing|showing)\s+(?:there|here)
     | at\s+this\s+(?:point|moment|time|stage)

@@ -90,7 +90,9 @@ class IngestJobs:
             InvalidVideoIdError: ``value`` is not a YouTube video (nothing is queued).
         """
         video_id = parse_video_id(value)
-        job = _Job(id=uuid.uuid4().hex, input=value.strip(), source=YouTubeSource(video_id))
+        job = _Job(
+            id=uuid.uuid4().hex, input=value.strip(), source=YouTubeSource(video_id, value.strip())
+        )
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > KEEP_JOBS:
