@@ -88,6 +88,21 @@ class Settings(BaseSettings):
         audio_in_frame_s: ``BACKTALK_AUDIO_IN_FRAME_S``; length, seconds, of the input
             audio frames the pipeline gets (the transport's 20 ms frames are joined).
             Unset: 0.032 with Nova, 0.08 with Flux (see :attr:`audio_in_frame`).
+        daily_api_url: ``BACKTALK_DAILY_API_URL``; Daily's REST API (rooms, meeting
+            tokens). Point it at another endpoint for tests.
+        session_max_s: ``BACKTALK_SESSION_MAX_S``; hard limit of one conversation,
+            seconds: the bot says goodbye and leaves; Daily rooms and tokens expire then.
+        session_idle_s: ``BACKTALK_SESSION_IDLE_S``; a conversation in which nobody
+            speaks for this long, seconds, ends the same way.
+        session_starts_per_minute: ``BACKTALK_SESSION_STARTS_PER_MINUTE``; conversations
+            one API key, and one client address, may start per minute (``serve``).
+        worker_max_sessions: ``BACKTALK_WORKER_MAX_SESSIONS``; conversations one worker
+            process holds at most (``serve``).
+        worker_load_threshold: ``BACKTALK_WORKER_LOAD_THRESHOLD``; a worker whose CPU
+            use, in cores (0-1 of one core), is at or above this takes no new
+            conversation (LiveKit Agents' default: 0.7).
+        drain_timeout_s: ``BACKTALK_DRAIN_TIMEOUT_S``; on SIGTERM, how long, seconds,
+            ``serve`` lets live conversations finish before it exits.
     """
 
     model_config = SettingsConfigDict(
@@ -152,6 +167,15 @@ class Settings(BaseSettings):
     #: with no more mid-sentence cut-offs than at 3.0.
     smart_turn_stop_secs: float = Field(default=1.0, gt=0)
     audio_in_frame_s: float | None = Field(default=None, ge=0, le=0.5)
+
+    # Serving (backtalk serve, backtalk talk --transport daily)
+    daily_api_url: str = "https://api.daily.co/v1"
+    session_max_s: float = Field(default=1800.0, gt=0)
+    session_idle_s: float = Field(default=180.0, gt=0)
+    session_starts_per_minute: int = Field(default=10, ge=1)
+    worker_max_sessions: int = Field(default=8, ge=1)
+    worker_load_threshold: float = Field(default=0.7, gt=0, le=1)
+    drain_timeout_s: float = Field(default=60.0, ge=0)
 
     @field_validator("transcript_languages", mode="before")
     @classmethod

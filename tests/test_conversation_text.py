@@ -26,7 +26,13 @@ from pipecat.workers.runner import WorkerRunner
 from transports import LoopbackTransport
 from typer.testing import CliRunner
 
-from backtalk.agent.bot import AgentResources, TalkSession, build_conversation
+from backtalk.agent.bot import (
+    GOODBYE_AT_LIMIT,
+    GOODBYE_WHEN_IDLE,
+    AgentResources,
+    TalkSession,
+    build_conversation,
+)
 from backtalk.cli import app
 from backtalk.config import Settings
 
@@ -276,3 +282,36 @@ async def test_asking_for_another_style_switches_persona(fakes):
     assert "relaxed, friendly buddy" in openai.chat_requests[-1]["messages"][0]["content"]
     # The history survives the switch.
     assert "Could you be more casual" in json.dumps(openai.chat_requests[-1]["messages"])
+
+
+@pytest.mark.parametrize(
+    ("limits", "goodbye"),
+    [
+        ({"max_duration_s": 2.0, "idle_timeout_secs": None}, GOODBYE_AT_LIMIT),
+        ({"max_duration_s": None, "idle_timeout_secs": 1.5}, GOODBYE_WHEN_IDLE),
+    ],
+    ids=["time-limit", "idle"],
+)
+async def test_a_conversation_at_its_limit_says_goodbye_and_ends(fakes, limits, goodbye):
+    _, dg = fakes
+    resources = AgentResources.open(Settings())
+    videos = resources.store.find_videos(["gradient_descent_lecture"])
+    session = TalkSession(videos=list(videos.values()))
+    transport = LoopbackTransport()
+    conv = await build_conversation(transport, session, resources, transport_name="test", **limits)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(conv.worker)
+    task = asyncio.create_task(runner.run())
+    try:
+        await transport.connect_client()
+        # Nobody hangs up: the conversation ends by itself, after saying goodbye.
+        await asyncio.wait_for(asyncio.shield(task), 30)
+        assert goodbye in [t.strip() for t in dg.spoken_texts], dg.spoken_texts
+        spoken = [t.strip() for t in dg.spoken_texts]
+        assert spoken.index(goodbye) > 0  # after the greeting
+    finally:
+        if not task.done():
+            await transport.disconnect_client()
+            await asyncio.wait_for(task, 15)
+        await resources.close()
+        resources.store.engine.dispose()

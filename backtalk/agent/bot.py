@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from loguru import logger
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import EndFrame, TTSSpeakFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
@@ -39,6 +39,9 @@ from backtalk.store import (
 
 #: Seconds the pre-conversation retrieval warm-up may take.
 WARM_UP_TIMEOUT_S = 3.0
+#: What the bot says when a conversation reaches its time limit, or goes quiet.
+GOODBYE_AT_LIMIT = "That's all the time we have for this conversation. Thanks for talking, bye!"
+GOODBYE_WHEN_IDLE = "It's gone quiet, so I'll hang up now. Come back any time. Bye!"
 
 __all__ = ["AgentResources", "Conversation", "TalkSession", "greeting", "run_conversation"]
 
@@ -50,10 +53,13 @@ class TalkSession:
     Parameters:
         videos: The videos in scope (retrieval searches only these).
         persona: Persona prompt name (``backtalk/prompts/<persona>.md``).
+        api_key_id: The API key that started it (``backtalk serve``), recorded with
+            the conversation so that only that key sees it; None otherwise.
     """
 
     videos: Sequence[VideoInfo]
     persona: str = DEFAULT_PERSONA
+    api_key_id: int | None = None
 
 
 def _spoken_duration(seconds: float) -> str:
@@ -178,8 +184,14 @@ async def build_conversation(
     transport_name: str,
     observers: Sequence[BaseObserver] = (),
     idle_timeout_secs: float | None = 300,
+    max_duration_s: float | None = None,
 ) -> Conversation:
-    """Assemble one conversation on ``transport`` (see :func:`run_conversation`)."""
+    """Assemble one conversation on ``transport`` (see :func:`run_conversation`).
+
+    ``idle_timeout_secs``: nobody spoke for this long, seconds → the bot says goodbye
+    and the conversation ends (None: never). ``max_duration_s``: the same this long,
+    seconds, after the client connected (None: no limit).
+    """
     settings = resources.settings
     retriever = resources.retriever(session)
     try:
@@ -225,14 +237,46 @@ async def build_conversation(
         params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
         observers=[*latency.observers, *observers],
         idle_timeout_secs=idle_timeout_secs,
+        # On idle the bot says goodbye (below) instead of being cut off mid-air.
+        cancel_on_idle_timeout=False,
         # Pipecat's turn tracking feeds its OpenTelemetry tracing and AudioBufferProcessor,
         # neither used here; each observer costs a task wake-up per frame per processor.
         enable_turn_tracking=False,
     )
     recorder = ConversationRecorder(resources.engine)
     await recorder.start(
-        [v.key for v in session.videos], transport=transport_name, persona=session.persona
+        [v.key for v in session.videos],
+        transport=transport_name,
+        persona=session.persona,
+        api_key_id=session.api_key_id,
     )
+
+    ending = False
+
+    async def say_goodbye(words: str) -> None:
+        # Speak, then end: the EndFrame follows the goodbye's audio down the pipeline.
+        nonlocal ending
+        if ending:
+            return
+        ending = True
+        logger.info("Ending the conversation (time limit or idle)")
+        await worker.queue_frames([TTSSpeakFrame(words), EndFrame()])
+
+    @worker.event_handler("on_idle_timeout")
+    async def _on_idle(_worker):
+        await say_goodbye(GOODBYE_WHEN_IDLE)
+
+    async def end_at_limit() -> None:
+        await asyncio.sleep(max_duration_s)
+        await say_goodbye(GOODBYE_AT_LIMIT)
+
+    limit_task: asyncio.Task | None = None
+
+    @worker.event_handler("on_pipeline_finished")
+    async def _on_finished(_worker, _frame):
+        if limit_task is not None:
+            limit_task.cancel()
+
     recorder.attach(stages.user, stages.assistant)
 
     @stages.citations.event_handler("on_citation")
@@ -284,12 +328,14 @@ async def build_conversation(
     async def _on_connected(_transport, _client):
         # Greet once: SmallWebRTC can report one connection twice (a race between
         # its connect() and its connection-state callback).
-        nonlocal greeted
+        nonlocal greeted, limit_task
         if greeted:
             return
         greeted = True
         logger.info("Client connected; greeting")
         await worker.queue_frames([TTSSpeakFrame(hello)])
+        if max_duration_s is not None:
+            limit_task = asyncio.create_task(end_at_limit(), name="conversation-time-limit")
 
     @transport.event_handler("on_client_disconnected")
     async def _on_disconnected(_transport, _client):
@@ -327,6 +373,9 @@ async def run_conversation(
         transport_name: Recorded with the conversation (``webrtc``, ``daily``).
         handle_sigint: Let the runner handle Ctrl-C (standalone runs).
         observers: Extra Pipecat observers (metrics, latency).
+
+    A conversation lasts at most ``session_max_s`` and ends after ``session_idle_s``
+    without speech; either way the bot says goodbye first.
     """
     conversation = await build_conversation(
         transport,
@@ -334,6 +383,8 @@ async def run_conversation(
         resources,
         transport_name=transport_name,
         observers=observers,
+        idle_timeout_secs=resources.settings.session_idle_s,
+        max_duration_s=resources.settings.session_max_s,
     )
     runner = WorkerRunner(handle_sigint=handle_sigint)
     try:

@@ -41,16 +41,23 @@ class ConversationRecorder:
         self.conversation_id: int | None = None
 
     async def start(
-        self, video_keys: Sequence[str], *, transport: str | None, persona: str | None
+        self,
+        video_keys: Sequence[str],
+        *,
+        transport: str | None,
+        persona: str | None,
+        api_key_id: int | None = None,
     ) -> int:
-        """Create the ``conversations`` row. Returns its id.
+        """Create the ``conversations`` row (owned by ``api_key_id``). Returns its id.
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError: the store is unreachable.
         """
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                conversation_start(video_keys, transport=transport, persona=persona)
+                conversation_start(
+                    video_keys, transport=transport, persona=persona, api_key_id=api_key_id
+                )
             )
             self.conversation_id = result.scalar_one()
         return self.conversation_id
@@ -97,9 +104,7 @@ class ConversationRecorder:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(
-                        message_insert(
-                            self.conversation_id, role, content, interrupted, citations
-                        )
+                        message_insert(self.conversation_id, role, content, interrupted, citations)
                     )
             except SQLAlchemyError as exc:
                 logger.warning(f"Could not save a {role} message: {type(exc).__name__}")

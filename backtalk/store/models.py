@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "ApiKey",
     "Base",
     "Collection",
     "CollectionVideo",
@@ -116,6 +117,8 @@ class Conversation(Base):
 
     Parameters:
         video_keys: Comma-separated keys of the videos the session is about.
+        api_key_id: The API key that started it (``backtalk serve``); None for
+            ``backtalk talk`` and servers without authentication.
     """
 
     __tablename__ = "conversations"
@@ -126,6 +129,9 @@ class Conversation(Base):
     persona: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+    )
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation", cascade="all, delete-orphan", passive_deletes=True
@@ -179,3 +185,23 @@ class CollectionVideo(Base):
     video_id: Mapped[int] = mapped_column(
         ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True
     )
+
+
+class ApiKey(Base):
+    """An API key of ``backtalk serve``; only its SHA-256 is stored.
+
+    Parameters:
+        name: What the key is for (shown by ``backtalk keys list``).
+        prefix: The key's first characters, to recognise it in listings.
+        key_hash: Hex SHA-256 of the whole key.
+        revoked_at: When it was revoked; a revoked key authenticates nothing.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

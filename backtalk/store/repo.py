@@ -7,6 +7,8 @@ concurrent ingests of the same video serialise instead of colliding.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 from backtalk.errors import EmbedderMismatchError, StoreError
 from backtalk.processors.retrieval import RetrievedChunk
 from backtalk.store.models import (
+    ApiKey,
     Collection,
     CollectionVideo,
     Conversation,
@@ -31,6 +34,8 @@ from backtalk.store.models import (
 )
 
 __all__ = [
+    "KEY_PREFIX",
+    "ApiKeyInfo",
     "ChunkRow",
     "ConversationRecord",
     "ConversationSummary",
@@ -84,6 +89,37 @@ class VideoInfo:
     chunks: int
     ingested_at: datetime
     embedding_model: str
+
+
+#: Every API key starts with this, so a leaked one is easy to recognise (and scan for).
+KEY_PREFIX = "bt_"
+
+
+def hash_key(key: str) -> str:
+    """Hex SHA-256 of an API key: what the store keeps instead of the key.
+
+    A plain hash is enough for keys of 256 random bits (``secrets.token_urlsafe(32)``);
+    slow password hashes exist for guessable secrets.
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """An API key as ``backtalk keys list`` shows it (never the key itself).
+
+    Parameters:
+        id: ``api_keys.id``.
+        name: What it is for.
+        prefix: Its first characters.
+        created_at / revoked_at: When it was made, and revoked (None: valid).
+    """
+
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,13 +584,18 @@ class Store:
             )
 
     def conversation_summaries(
-        self, *, video_key: str | None = None, conversation_id: int | None = None
+        self,
+        *,
+        video_key: str | None = None,
+        conversation_id: int | None = None,
+        api_key_id: int | None = None,
     ) -> list[ConversationSummary]:
         """Saved conversations, newest first.
 
         Args:
             video_key: Only conversations about this video.
             conversation_id: Only this conversation.
+            api_key_id: Only conversations this API key started.
         """
         first_user = (
             select(Message.content)
@@ -577,6 +618,8 @@ class Store:
             )
         if conversation_id is not None:
             stmt = stmt.where(Conversation.id == conversation_id)
+        if api_key_id is not None:
+            stmt = stmt.where(Conversation.api_key_id == api_key_id)
         with Session(self.engine) as session:
             rows = session.execute(stmt).all()
         return [
@@ -592,9 +635,18 @@ class Store:
             for c, n, preview in rows
         ]
 
-    def conversation(self, conversation_id: int) -> ConversationRecord | None:
-        """A saved conversation with its messages, or None if there is none by that id."""
-        summaries = self.conversation_summaries(conversation_id=conversation_id)
+    def conversation(
+        self, conversation_id: int, *, api_key_id: int | None = None
+    ) -> ConversationRecord | None:
+        """A saved conversation with its messages, or None if there is none by that id.
+
+        Args:
+            conversation_id: ``conversations.id``.
+            api_key_id: If given, None unless this API key started the conversation.
+        """
+        summaries = self.conversation_summaries(
+            conversation_id=conversation_id, api_key_id=api_key_id
+        )
         if not summaries:
             return None
         stmt = (
@@ -615,12 +667,71 @@ class Store:
             ]
         return ConversationRecord(summary=summaries[0], messages=messages)
 
+    # -- API keys --------------------------------------------------------------------
 
-def conversation_start(video_keys: Sequence[str], *, transport: str | None, persona: str | None):
+    def create_key(self, name: str) -> tuple[str, ApiKeyInfo]:
+        """Make a new API key.
+
+        Args:
+            name: What it is for.
+
+        Returns:
+            ``(key, info)``: the key itself is returned only here, never stored.
+        """
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                insert(ApiKey)
+                .values(name=name, prefix=key[:10], key_hash=hash_key(key))
+                .returning(
+                    ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at
+                )
+            ).one()
+        return key, ApiKeyInfo(*row)
+
+    def keys(self) -> list[ApiKeyInfo]:
+        """Every API key, oldest first."""
+        stmt = select(
+            ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at
+        ).order_by(ApiKey.id)
+        with self.engine.connect() as conn:
+            return [ApiKeyInfo(*row) for row in conn.execute(stmt)]
+
+    def revoke_key(self, key_id: int) -> ApiKeyInfo | None:
+        """Revoke a key (idempotent). Returns it, or None if there is no such key."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+            )
+        return next((k for k in self.keys() if k.id == key_id), None)
+
+    def key_id(self, key: str) -> int | None:
+        """The id of a valid (unrevoked) API key, or None."""
+        stmt = select(ApiKey.id).where(
+            ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
+
+def conversation_start(
+    video_keys: Sequence[str],
+    *,
+    transport: str | None,
+    persona: str | None,
+    api_key_id: int | None = None,
+):
     """The INSERT of a new conversation, returning its id."""
     return (
         insert(Conversation)
-        .values(video_keys=",".join(video_keys), transport=transport, persona=persona)
+        .values(
+            video_keys=",".join(video_keys),
+            transport=transport,
+            persona=persona,
+            api_key_id=api_key_id,
+        )
         .returning(Conversation.id)
     )
 
