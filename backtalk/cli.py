@@ -430,6 +430,117 @@ def talk(
             serve(resources, videos=keys, persona=persona, host=host, port=port)
 
 
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")
+    ] = "localhost",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Worker processes for conversations (default: one per core; 0: none)."
+        ),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No API keys (only on localhost).")
+    ] = False,
+    persona: Annotated[str, typer.Option(help="Default persona: tutor, casual or analyst.")] = (
+        "tutor"
+    ),
+) -> None:
+    """Serve the page and the API to many people: API keys, limits, worker processes."""
+    import os
+    import tempfile
+
+    from backtalk.prompts import personas
+
+    # Worker processes and this one share their metrics through this directory
+    # (prometheus-client's multiprocess mode); set before any metric exists.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="backtalk-metrics-"))
+    settings = _settings()
+    with _user_errors():
+        if no_auth and host not in _LOOPBACK:
+            raise UsageError(
+                f"--no-auth is only allowed on localhost; with --host {host} every "
+                "request needs an API key (`backtalk keys create NAME`)."
+            )
+        if persona not in personas():
+            raise UsageError(f"--persona must be one of: {', '.join(personas())}.")
+        settings.require_keys(talk=True)
+        from backtalk.agent.runner import check_port_free
+
+        check_port_free(host, port)
+        store = _store(settings)
+        if not no_auth and not store.keys():
+            err.print(
+                "[yellow]No API key exists yet: create one with `backtalk keys create NAME`.[/]"
+            )
+        from backtalk.agent.bot import AgentResources
+        from backtalk.server import serve as run_server
+
+        resources = AgentResources.open(settings, store)
+        run_server(
+            resources,
+            persona=persona,
+            host=host,
+            port=port,
+            workers=(os.cpu_count() or 1) if workers is None else workers,
+            auth=not no_auth,
+            database_url=store.engine.url.render_as_string(hide_password=False),
+        )
+
+
+keys_app = typer.Typer(help="API keys for `backtalk serve` (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for (a person, an app).")],
+) -> None:
+    """Create an API key and print it (once: only its hash is stored)."""
+    if not name.strip():
+        _fail("give the key a name: backtalk keys create NAME", 2)
+    settings = _settings()
+    with _user_errors():
+        key, info = _store(settings).create_key(name.strip())
+    out.print(f"Created key {info.id} ({info.name}). Store it now; it is not shown again:")
+    out.print(key, highlight=False, soft_wrap=False)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (their first characters, never the keys)."""
+    settings = _settings()
+    with _user_errors():
+        keys = _store(settings).keys()
+    if not keys:
+        out.print("No API keys. Create one with `backtalk keys create NAME`.")
+        return
+    table = Table("id", "name", "starts with", "created", "revoked")
+    for k in keys:
+        revoked = k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else ""
+        table.add_row(
+            str(k.id), k.name, k.prefix + "…", k.created_at.strftime("%Y-%m-%d %H:%M"), revoked
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id, as listed.")]) -> None:
+    """Revoke an API key: it authenticates nothing from now on."""
+    settings = _settings()
+    with _user_errors():
+        info = _store(settings).revoke_key(key_id)
+        if info is None:
+            raise UsageError(f"There is no key {key_id}; `backtalk keys list` shows them.")
+    out.print(f"Revoked key {info.id} ({info.name}).", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``backtalk`` console script."""
     # platformdirs warns on every start when XDG_RUNTIME_DIR is unset (pgserver asks

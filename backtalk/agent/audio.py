@@ -22,7 +22,7 @@ the same transport frame as without it (the frame that completes a VAD window
 completes a coalesced frame too; ``tests/test_audio_in.py``). Deepgram gets each
 stretch of audio when its 32 ms frame is full instead of 20 ms at a time: the partial
 window waits up to one transport frame. Measured in ``benchmarks/VOICE.md`` (section
-4, "Session 5").
+4, "Input frames").
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backtalk.agent import metrics
 from backtalk.agent.latency import TurnLatency, TurnLatencyReporter, format_turn_latency
 from backtalk.agent.personas import persona_switch
 from backtalk.agent.pipeline import BotStages, build_stages
@@ -229,6 +230,7 @@ async def build_conversation(
         # Always to the client (RTVI); to the console when asked (--latency).
         if settings.print_latency:
             print(format_turn_latency(latency), file=sys.stderr, flush=True)
+        metrics.observe_turn(latency.message())
         await tell_client(latency.message())
 
     latency = TurnLatencyReporter(on_turn)
@@ -278,6 +280,12 @@ async def build_conversation(
             limit_task.cancel()
 
     recorder.attach(stages.user, stages.assistant)
+
+    if stages.rag is not None:
+
+        @stages.rag.event_handler("on_retrieval_failed")
+        async def _on_retrieval_failed(_processor, _query, _error):
+            metrics.RETRIEVAL_FAILURES.inc()
 
     @stages.citations.event_handler("on_citation")
     async def _on_citation(_processor, citation: Citation):
@@ -387,10 +395,12 @@ async def run_conversation(
         max_duration_s=resources.settings.session_max_s,
     )
     runner = WorkerRunner(handle_sigint=handle_sigint)
+    metrics.SESSIONS_ACTIVE.inc()
     try:
         await runner.add_workers(conversation.worker)
         await runner.run()
     finally:
+        metrics.SESSIONS_ACTIVE.dec()
         await conversation.recorder.finish()
         # A finished conversation's frames and services form reference cycles; without
         # a collection RSS grows ~8 MB per conversation (benchmarks/concurrency.py).

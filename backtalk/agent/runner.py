@@ -10,12 +10,12 @@ from __future__ import annotations
 import socket
 import sys
 
-import aiohttp
 from loguru import logger
 from pipecat.runner.types import RunnerArguments
 
 from backtalk.agent.audio import transport_params
 from backtalk.agent.bot import AgentResources, TalkSession, run_conversation
+from backtalk.agent.rooms import create_private_room
 from backtalk.errors import UsageError
 
 __all__ = ["check_port_free", "configure_logging", "make_bot", "run_daily"]
@@ -87,27 +87,36 @@ async def run_daily(
 ) -> str:
     """Join a Daily room (creating one with ``DAILY_API_KEY`` if none is given) and talk.
 
+    A created room is private (:func:`backtalk.agent.rooms.create_private_room`): the
+    printed link carries the user's own, non-owner token, and room and tokens expire
+    after ``session_max_s``.
+
     Args:
         resources: Shared store, engine and embedder.
         session: The videos and persona.
-        room_url: An existing room to join; None to create a temporary one (1 h).
+        room_url: An existing room to join; None to create a private one.
 
     Returns:
         The room URL, once the conversation has ended.
+
+    Raises:
+        DailyError: Daily refused to create the room.
     """
-    from pipecat.runner.daily import configure
     from pipecat.transports.daily.transport import DailyParams, DailyTransport
 
     settings = resources.settings
     token = None
+    link = room_url
     if room_url is None:
         assert settings.daily_api_key is not None  # checked by Settings.require_keys
-        async with aiohttp.ClientSession() as http:
-            room = await configure(
-                http, api_key=settings.secret("daily_api_key"), room_exp_duration=1.0
-            )
-        room_url, token = room.room_url, room.token
-    print(f"Join the conversation in your browser: {room_url}", flush=True)
+        room = await create_private_room(
+            api_key=settings.secret("daily_api_key") or "",
+            api_url=settings.daily_api_url,
+            lifetime_s=settings.session_max_s,
+        )
+        room_url, token = room.url, room.bot_token
+        link = f"{room.url}?t={room.user_token}"
+    print(f"Join the conversation in your browser: {link}", flush=True)
     transport = DailyTransport(
         room_url,
         token,

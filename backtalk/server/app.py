@@ -30,23 +30,23 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from loguru import logger
 
-from backtalk.agent.bot import AgentResources, TalkSession, run_conversation
+from backtalk.agent import metrics
+from backtalk.agent.bot import AgentResources, TalkSession
+from backtalk.agent.rooms import DailyError, create_private_room
 from backtalk.errors import InvalidVideoIdError
 from backtalk.prompts import DEFAULT_PERSONA, personas
 from backtalk.server.jobs import IngestJobs
+from backtalk.server.limits import SessionStartLimiter
+from backtalk.server.metrics import CONTENT_TYPE_LATEST, metrics_text
 from backtalk.server.schemas import (
     ChunkOut,
     ChunksOut,
@@ -63,122 +63,37 @@ from backtalk.server.schemas import (
     VideoOut,
     VideosOut,
 )
+from backtalk.server.sessions import AtCapacity, ConversationHost, LocalConversations
 
 __all__ = ["WEB_DIST", "create_app"]
 
 #: The page's built assets (committed; rebuilt with ``npm --prefix backtalk/web run build``).
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
-#: A session not connected within this long, seconds, is forgotten.
-SESSION_OFFER_TIMEOUT_S = 300.0
-#: Seconds a shutdown waits for conversations to end after cancelling them.
-SHUTDOWN_GRACE_S = 2.0
 
 
-@dataclass
-class _PendingSession:
-    session: TalkSession
-    created_at: float
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> int | None:
+    """The calling API key's id; None when the server runs without authentication.
 
-
-class _Conversations:
-    """Sessions waiting for their offer, and the conversations running in this process."""
-
-    def __init__(self, resources: AgentResources):
-        self._resources = resources
-        self._pending: dict[str, _PendingSession] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self._handler = None
-
-    @property
-    def handler(self):
-        """Pipecat's SmallWebRTC request handler (created on first use: imports aiortc)."""
-        if self._handler is None:
-            from pipecat.transports.smallwebrtc.request_handler import SmallWebRTCRequestHandler
-
-            self._handler = SmallWebRTCRequestHandler()
-        return self._handler
-
-    def register(self, session: TalkSession) -> str:
-        now = time.monotonic()
-        for sid in [
-            s for s, p in self._pending.items() if now - p.created_at > SESSION_OFFER_TIMEOUT_S
-        ]:
-            del self._pending[sid]
-        session_id = str(uuid.uuid4())
-        self._pending[session_id] = _PendingSession(session, now)
-        return session_id
-
-    def pending(self, session_id: str) -> TalkSession | None:
-        entry = self._pending.get(session_id)
-        return entry.session if entry is not None else None
-
-    async def answer(self, body: dict, session: TalkSession) -> dict:
-        """Answer a WebRTC offer and start the conversation on the new connection."""
-        from pipecat.transports.smallwebrtc.request_handler import SmallWebRTCRequest
-
-        try:
-            request = SmallWebRTCRequest(
-                sdp=body["sdp"],
-                type=body["type"],
-                pc_id=body.get("pc_id"),
-                restart_pc=body.get("restart_pc"),
-            )
-        except (KeyError, TypeError):
-            raise HTTPException(400, "A WebRTC offer needs 'sdp' and 'type'.") from None
-
-        async def start(connection) -> None:
-            task = asyncio.create_task(self._converse(connection, session))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        return await self.handler.handle_web_request(
-            request=request, webrtc_connection_callback=start
+    Raises:
+        HTTPException: 401 without a valid, unrevoked key.
+    """
+    if not request.app.state.auth:
+        return None
+    scheme, _, key = (authorization or "").partition(" ")
+    store = request.app.state.store
+    key_id = store.key_id(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    if key_id is None:
+        raise HTTPException(
+            401,
+            "An API key is needed: send 'Authorization: Bearer <key>' "
+            "(create one with `backtalk keys create NAME`).",
+            headers={"WWW-Authenticate": "Bearer"},
         )
+    return key_id
 
-    async def add_candidates(self, body: dict) -> None:
-        from pipecat.transports.smallwebrtc.request_handler import (
-            IceCandidate,
-            SmallWebRTCPatchRequest,
-        )
 
-        try:
-            request = SmallWebRTCPatchRequest(
-                pc_id=body["pc_id"],
-                candidates=[IceCandidate(**c) for c in body.get("candidates", [])],
-            )
-        except (KeyError, TypeError):
-            raise HTTPException(400, "ICE candidates need 'pc_id' and 'candidates'.") from None
-        await self.handler.handle_patch_request(request)
-
-    async def _converse(self, connection, session: TalkSession) -> None:
-        from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
-
-        from backtalk.agent.audio import transport_params
-
-        transport = SmallWebRTCTransport(
-            webrtc_connection=connection, params=transport_params(self._resources.settings)
-        )
-        try:
-            await run_conversation(transport, session, self._resources, transport_name="webrtc")
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # one conversation's failure must not touch the others
-            logger.exception("A conversation failed")
-
-    @property
-    def live(self) -> int:
-        """Conversations running now."""
-        return len(self._tasks)
-
-    async def close(self) -> None:
-        """End every conversation and close the peer connections."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
-        if self._handler is not None:
-            await asyncio.wait_for(self._handler.close(), timeout=SHUTDOWN_GRACE_S)
+#: A route's caller: the API key's id (see :func:`caller`).
+Caller = Annotated[int | None, Depends(caller)]
 
 
 def create_app(
@@ -187,6 +102,10 @@ def create_app(
     videos: Sequence[str] = (),
     persona: str = DEFAULT_PERSONA,
     on_ready: Any = None,
+    host: ConversationHost | None = None,
+    auth: bool = False,
+    rate_limit: bool = False,
+    drain_s: float | None = None,
 ) -> FastAPI:
     """Build the server for ``resources``' library.
 
@@ -195,31 +114,51 @@ def create_app(
         videos: Keys of the videos the page opens on (``backtalk talk URL...``).
         persona: The persona conversations start with unless the page asks otherwise.
         on_ready: Called (no arguments) once the server is serving.
+        host: Where conversations run (default: this process, no limit).
+        auth: Require an API key (``Authorization: Bearer …``) on every ``/api``
+            route; each key sees only its own conversations.
+        rate_limit: Limit session starts per API key and per client address to
+            ``session_starts_per_minute`` (429 with ``Retry-After``).
+        drain_s: On shutdown, let live conversations finish for up to this long,
+            seconds, before ending them (None: end them at once, as Ctrl-C on
+            ``talk`` does).
 
     Returns:
         The FastAPI app (run it with uvicorn).
     """
+    settings = resources.settings
     store = resources.store
-    jobs = IngestJobs(resources.settings, store, resources.embedder)
-    conversations = _Conversations(resources)
+    jobs = IngestJobs(settings, store, resources.embedder)
+    conversations: ConversationHost = host or LocalConversations(resources)
+    starts = SessionStartLimiter(settings.session_starts_per_minute) if rate_limit else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await conversations.start()
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
             jobs.close()
-            await conversations.close()
+            if drain_s:
+                await conversations.drain(drain_s)
+            else:
+                await conversations.close()
 
     app = FastAPI(
         title="Backtalk",
         summary="Talk out loud with a YouTube video.",
+        description=(
+            "The page's API and Pipecat-compatible sessions. With `backtalk serve`, every "
+            "`/api` route needs `Authorization: Bearer <key>` (`backtalk keys create`)."
+        ),
         version="0.1.0",
         lifespan=lifespan,
     )
     app.state.conversations = conversations
+    app.state.store = store
+    app.state.auth = auth
 
     def video_or_404(key: str) -> VideoOut:
         found = store.find_videos([key])
@@ -227,7 +166,7 @@ def create_app(
             raise HTTPException(404, f"There is no video {key!r} in the library.")
         return VideoOut.of(found[key])
 
-    def session_for(request: SessionRequest) -> TalkSession:
+    def session_for(request: SessionRequest, api_key_id: int | None) -> TalkSession:
         keys = request.videos if request.videos else list(videos)
         if not keys:
             raise HTTPException(400, "Choose at least one video to talk about ('videos').")
@@ -244,15 +183,55 @@ def create_app(
             raise HTTPException(
                 400, f"Unknown persona {chosen!r}; choose one of: {', '.join(personas())}."
             )
-        return TalkSession(videos=[found[k] for k in keys], persona=chosen)
+        return TalkSession(videos=[found[k] for k in keys], persona=chosen, api_key_id=api_key_id)
+
+    def admit(request: Request, api_key_id: int | None) -> None:
+        """Refuse a session start over the rate limit (429) — before anything is created."""
+        if starts is None:
+            return
+        client = request.client.host if request.client else "unknown"
+        wait_s = starts.hit(api_key_id, client)
+        if wait_s is not None:
+            metrics.SESSIONS_REJECTED.labels(reason="rate_limit").inc()
+            raise HTTPException(
+                429,
+                f"Too many conversations started: at most {settings.session_starts_per_minute} "
+                f"a minute. Try again in {wait_s} s.",
+                headers={"Retry-After": str(wait_s)},
+            )
+
+    async def register(session: TalkSession) -> str:
+        try:
+            session_id = await conversations.register(session)
+        except AtCapacity as exc:
+            metrics.SESSIONS_REJECTED.labels(reason="capacity").inc()
+            raise HTTPException(
+                503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+            ) from None
+        metrics.SESSIONS_STARTED.inc()
+        return session_id
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
         """Liveness: 200 while the process runs."""
-        return {"status": "ok", "conversations": conversations.live}
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready: why"}})
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 when the database answers and a session could start now."""
+        reason = await asyncio.to_thread(store.ping)
+        if reason is None:
+            reason = await conversations.not_ready()
+        if reason is not None:
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready", "conversations": conversations.live})
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/config", tags=["page"])
-    def config() -> ConfigOut:
+    def config(_caller: Caller) -> ConfigOut:
         """The videos and persona the page opens on, and the personas to choose from."""
         found = store.find_videos(list(videos))
         return ConfigOut(
@@ -262,12 +241,12 @@ def create_app(
         )
 
     @app.get("/api/videos", tags=["library"])
-    def list_videos() -> VideosOut:
+    def list_videos(_caller: Caller) -> VideosOut:
         """Every video in the library, oldest ingest first."""
         return VideosOut(videos=[VideoOut.of(v) for v in store.list_videos()])
 
     @app.post("/api/videos", status_code=202, tags=["library"])
-    async def add_video(request: IngestRequest) -> JobResponse:
+    async def add_video(request: IngestRequest, _caller: Caller) -> JobResponse:
         """Ingest a YouTube video as a background job (poll ``GET /api/jobs/{id}``).
 
         A 400 names an input that is not a YouTube video; nothing is fetched or written.
@@ -282,7 +261,7 @@ def create_app(
             ) from None
 
     @app.get("/api/jobs/{job_id}", tags=["library"])
-    async def job(job_id: str) -> JobResponse:
+    async def job(job_id: str, _caller: Caller) -> JobResponse:
         """An ingest job's stage and progress; its error message if it failed."""
         found = jobs.get(job_id)
         if found is None:
@@ -290,20 +269,20 @@ def create_app(
         return JobResponse(job=found)
 
     @app.delete("/api/videos/{key}", status_code=204, tags=["library"])
-    def remove_video(key: str) -> Response:
+    def remove_video(key: str, _caller: Caller) -> Response:
         """Remove a video and its chunks."""
         if not store.remove_video(key):
             raise HTTPException(404, f"There is no video {key!r} in the library.")
         return Response(status_code=204)
 
     @app.get("/api/videos/{key}/chunks", tags=["library"])
-    def chunks(key: str) -> ChunksOut:
+    def chunks(key: str, _caller: Caller) -> ChunksOut:
         """A video's transcript, chunk by chunk, in order."""
         video = video_or_404(key)
         return ChunksOut(video=video, chunks=[ChunkOut.of(c) for c in store.chunks(key)])
 
     @app.get("/api/collections", tags=["library"])
-    def collections() -> CollectionsOut:
+    def collections(_caller: Caller) -> CollectionsOut:
         """Collections and their videos' keys."""
         return CollectionsOut(
             collections=[
@@ -312,63 +291,95 @@ def create_app(
         )
 
     @app.get("/api/conversations", tags=["history"])
-    def list_conversations(video: str | None = None) -> ConversationsOut:
-        """Saved conversations, newest first; ``?video=KEY`` for those about one video."""
-        return ConversationsOut(
-            conversations=[
-                ConversationSummaryOut.of(s) for s in store.conversation_summaries(video_key=video)
-            ]
-        )
+    def list_conversations(api_key_id: Caller, video: str | None = None) -> ConversationsOut:
+        """Saved conversations, newest first; ``?video=KEY`` for those about one video.
+
+        With authentication, only the conversations the caller's key started.
+        """
+        found = store.conversation_summaries(video_key=video, api_key_id=api_key_id)
+        return ConversationsOut(conversations=[ConversationSummaryOut.of(s) for s in found])
 
     @app.get("/api/conversations/{conversation_id}", tags=["history"])
-    def conversation(conversation_id: int) -> ConversationOut:
+    def conversation(conversation_id: int, api_key_id: Caller) -> ConversationOut:
         """A saved conversation with its messages and their citations."""
-        record = store.conversation(conversation_id)
+        record = store.conversation(conversation_id, api_key_id=api_key_id)
         if record is None:
             raise HTTPException(404, f"There is no conversation {conversation_id}.")
         return ConversationOut.of(record)
 
-    async def start_session(request: Request) -> SessionStarted:
+    async def start_session(request: Request, api_key_id: Caller) -> SessionStarted:
         body = await _json_body(request)
         # Pipecat's /start shape nests the bot's data under "body".
         data = body.get("body") if isinstance(body.get("body"), dict) else body
-        if body.get("transport", "webrtc") != "webrtc":
-            raise HTTPException(400, "This server starts WebRTC sessions only ('transport').")
-        session = await asyncio.to_thread(session_for, SessionRequest.model_validate(data))
-        session_id = conversations.register(session)
-        return SessionStarted(sessionId=session_id, offerUrl=f"/sessions/{session_id}/api/offer")
+        transport = data.get("transport", body.get("transport", "webrtc"))
+        if transport not in ("webrtc", "daily"):
+            raise HTTPException(400, "'transport' must be 'webrtc' or 'daily'.")
+        parsed = SessionRequest.model_validate(data)
+        session = await asyncio.to_thread(session_for, parsed, api_key_id)
+        if transport == "daily" and not settings.daily_api_key:
+            raise HTTPException(
+                400, "This server has no DAILY_API_KEY: start a 'webrtc' session instead."
+            )
+        admit(request, api_key_id)
+        session_id = await register(session)
+        if transport == "webrtc":
+            return SessionStarted(
+                sessionId=session_id, offerUrl=f"/sessions/{session_id}/api/offer"
+            )
+        try:
+            room = await create_private_room(
+                api_key=settings.secret("daily_api_key") or "",
+                api_url=settings.daily_api_url,
+                lifetime_s=settings.session_max_s,
+            )
+        except DailyError as exc:
+            raise HTTPException(502, str(exc)) from None
+        await conversations.start_daily(session_id, room.url, room.bot_token)
+        return SessionStarted(sessionId=session_id, dailyRoom=room.url, dailyToken=room.user_token)
 
     app.add_api_route(
         "/api/sessions",
         start_session,
         methods=["POST"],
+        response_model_exclude_none=True,
         tags=["conversations"],
         summary="Start a conversation",
         description=(
-            'Body: {"videos": [key, ...], "persona": "tutor"} (Pipecat\'s /start shape, '
-            '{"body": {...}}, also works). Then POST the WebRTC offer to offerUrl.'
+            'Body: {"videos": [key, ...], "persona": "tutor", "transport": "webrtc"} '
+            '(Pipecat\'s /start shape, {"body": {...}}, also works). WebRTC: then POST '
+            "the offer to offerUrl. Daily: join dailyRoom with dailyToken (the user's "
+            "token; the room is private). 429 over the rate limit, 503 at capacity, both "
+            "with Retry-After; a refused start creates no room and starts no bot."
         ),
+        responses={429: {"description": "Rate limited"}, 503: {"description": "At capacity"}},
     )
-    app.add_api_route("/start", start_session, methods=["POST"], include_in_schema=False)
+    app.add_api_route(
+        "/start",
+        start_session,
+        methods=["POST"],
+        include_in_schema=False,
+        response_model_exclude_none=True,
+    )
 
     @app.post("/sessions/{session_id}/api/offer", tags=["conversations"])
     async def session_offer(session_id: str, request: Request) -> dict:
-        """The session's WebRTC offer (SDP); returns the answer and ``pc_id``."""
+        """The session's WebRTC offer (SDP); returns the answer and ``pc_id``.
+
+        The session id, from an authenticated ``POST /api/sessions``, is the credential.
+        """
         session = conversations.pending(session_id)
         if session is None:
             raise HTTPException(404, "Unknown or expired session: start a new one.")
-        return await conversations.answer(await _json_body(request), session)
+        return await conversations.answer(session_id, await _json_body(request), session)
 
     @app.patch("/sessions/{session_id}/api/offer", tags=["conversations"])
     async def session_candidates(session_id: str, request: Request) -> dict:
         """Trickle ICE candidates for the session's peer connection."""
-        if conversations.pending(session_id) is None:
-            raise HTTPException(404, "Unknown or expired session: start a new one.")
-        await conversations.add_candidates(await _json_body(request))
+        await conversations.add_candidates(session_id, await _json_body(request))
         return {"status": "success"}
 
     @app.post("/api/offer", tags=["conversations"])
-    async def direct_offer(request: Request) -> dict:
+    async def direct_offer(request: Request, api_key_id: Caller) -> dict:
         """A WebRTC offer without a session; the session's data in ``request_data``.
 
         Pipecat's clients send ``requestData`` (camelCase) or ``request_data``: both work.
@@ -377,13 +388,16 @@ def create_app(
         data = body.get("request_data") or body.get("requestData") or {}
         if not isinstance(data, dict):
             raise HTTPException(400, "'request_data' must be an object.")
-        session = await asyncio.to_thread(session_for, SessionRequest.model_validate(data))
-        return await conversations.answer(body, session)
+        parsed = SessionRequest.model_validate(data)
+        session = await asyncio.to_thread(session_for, parsed, api_key_id)
+        admit(request, api_key_id)
+        session_id = await register(session)
+        return await conversations.answer(session_id, body, session)
 
     @app.patch("/api/offer", tags=["conversations"])
-    async def direct_candidates(request: Request) -> dict:
+    async def direct_candidates(request: Request, _caller: Caller) -> dict:
         """Trickle ICE candidates for a direct offer's peer connection."""
-        await conversations.add_candidates(await _json_body(request))
+        await conversations.add_candidates(None, await _json_body(request))
         return {"status": "success"}
 
     @app.exception_handler(ValueError)

@@ -245,21 +245,27 @@ class SessionRequest(BaseModel):
     Parameters:
         videos: Keys of the videos to talk about (default: the ones ``talk`` opened).
         persona: The persona to start with (default: the server's).
-        transport: Only ``webrtc`` is served here.
+        transport: ``webrtc`` (the page, any Pipecat WebRTC client) or ``daily`` (a
+            private Daily room; needs ``DAILY_API_KEY`` on the server).
     """
 
     model_config = ConfigDict(extra="ignore")
     videos: list[str] | None = None
     persona: str | None = None
-    transport: Literal["webrtc"] = "webrtc"
+    transport: Literal["webrtc", "daily"] = "webrtc"
 
 
 class SessionStarted(BaseModel):
-    """A session waiting for its WebRTC offer at ``offerUrl``.
+    """A started session: an offer URL (WebRTC), or a private Daily room and token.
 
-    The shape of Pipecat's runner ``/start`` response, so that the Pipecat client
-    SDK's ``startBotAndConnect`` works against it.
+    WebRTC waits for its offer at ``offerUrl``; Daily's bot is joining ``dailyRoom``,
+    where the user joins with ``dailyToken`` (the user's own, non-owner token of a
+    private room). The shape of Pipecat's runner ``/start`` response (camelCase), so
+    that the Pipecat client SDK's ``startBotAndConnect`` works against it.
     """
 
-    sessionId: str  # noqa: N815 (Pipecat's client SDK reads this name)
-    offerUrl: str  # noqa: N815
+    model_config = ConfigDict(populate_by_name=True)
+    sessionId: str  # noqa: N815 (Pipecat's client SDK reads these names)
+    offerUrl: str | None = None  # noqa: N815
+    dailyRoom: str | None = None  # noqa: N815
+    dailyToken: str | None = None  # noqa: N815

@@ -298,6 +298,15 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
 
+    def ping(self) -> str | None:
+        """None when the database answers a query now; else why not (for ``/readyz``)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            return f"The database does not answer ({type(exc).__name__})."
+        return None
+
     # -- embedding model -------------------------------------------------------------
 
     def embedder_info(self) -> tuple[str, int] | None:
