@@ -96,6 +96,8 @@ def machine_info(conninfo: str | None = None) -> dict[str, Any]:
                 "numpy",
                 "wordllama",
                 "openai",
+                "pipecat-ai",
+                "onnxruntime",
             )
         },
     }

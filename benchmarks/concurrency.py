@@ -22,7 +22,7 @@ measurement window records:
 
 A level passes when the process stays under 70 % of the machine (140 % of one core) and
 p95 overhead ≤ 100 ms. ``py-spy`` then samples the process at the largest N for a CPU
-breakdown (``results/concurrency_profile.txt``).
+breakdown (``results/<name>_profile_n<N>.raw.txt``, summarised in the report).
 
 Part 2 — 100 conversations one after another (connect, greeting, one question,
 disconnect), in two child processes: RSS after each conversation without and with
@@ -96,8 +96,8 @@ def passes(level: dict) -> bool:
 def apply_prototypes(inline_vad: bool) -> list[str]:
     """Prototype patches, applied to this process only (measured against the default).
 
-    (``--no-deflate``, the Deepgram listen websocket without permessage-deflate, was
-    one; it ships since session 4: ``backtalk.agent.services.listen_without_compression``.)
+    (The Deepgram listen websocket without permessage-deflate, once ``--no-deflate`` here,
+    is what the product does: ``backtalk.agent.services.listen_without_compression``.)
 
     * ``inline_vad``: Pipecat's ``VADAnalyzer.analyze_audio`` runs Silero in a thread pool
       for every 20 ms frame (``run_in_executor``): a thread hand-off and GIL round trip per
@@ -580,7 +580,8 @@ def main() -> None:
     p.add_argument(
         "--freeze",
         action="store_true",
-        help="prototype: gc.freeze() after start-up in the sequential children",
+        help="gc.freeze() after start-up in the sequential children, as Backtalk's server "
+        "does (without it they collect like the agent alone)",
     )
     p.add_argument("--no-profile", action="store_true")
     p.add_argument(

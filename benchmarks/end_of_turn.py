@@ -83,10 +83,10 @@ def frames(frame_s: float) -> dict[str, str]:
 
 #: (label, group, settings env, fake-service overrides)
 CONFIGS: list[tuple[str, str, dict[str, str], dict[str, float]]] = [
-    ("smart-turn stop 3.0 (default)", "smart-turn stop_secs", st(3.0), {}),
+    ("smart-turn stop 3.0 (Pipecat's default)", "smart-turn stop_secs", st(3.0), {}),
     ("smart-turn stop 2.0", "smart-turn stop_secs", st(2.0), {}),
     ("smart-turn stop 1.5", "smart-turn stop_secs", st(1.5), {}),
-    ("smart-turn stop 1.0", "smart-turn stop_secs", st(1.0), {}),
+    ("smart-turn stop 1.0 (default)", "smart-turn stop_secs", st(1.0), {}),
     ("smart-turn 3.0, VAD stop 0.3", "VAD stop_secs", st(3.0, 0.3), {}),
     ("smart-turn 3.0, VAD stop 0.5", "VAD stop_secs", st(3.0, 0.5), {}),
     ("speech_timeout 0.4", "speech_timeout", to(0.4), {}),

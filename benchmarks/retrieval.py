@@ -11,7 +11,7 @@ Run from the repository root::
 
 Each (embedder, size) run saves ``results/retrieval_parts/<embedder>_<n>.json``; the
 report (``results/retrieval.{json,md,png}``) is built from every part present, so a
-long size can be run on its own. See benchmarks/README.md for the method.
+long size can be run on its own. See benchmarks/RETRIEVAL.md for the method.
 """
 
 from __future__ import annotations
@@ -1008,7 +1008,8 @@ def build_report(parts_dir, name: str, info: dict[str, Any]) -> None:
                 for p in parts
             ],
         ), "",
-        "## End to end (product defaults: ef_search 40, pool_pre_ping, text vector bind)", "",
+        "## End to end (the product's engine and connection settings, including its "
+        "hnsw.ef_search, at the run's commit; pool_pre_ping, text vector bind)", "",
         md_table(
             ["embedder", "chunks", "scope", "p50 ms", "p95 ms", "p99 ms", "mean ms",
              "embed p50", "SQL p50", "SQL p95", "queries < 5 rows", "recall@5"],
@@ -1106,8 +1107,8 @@ def build_report(parts_dir, name: str, info: dict[str, Any]) -> None:
                              round(sb["total_ms"]["p95"] - base["p95"], 3), "",
                              sb.get("recall", "")))
         out += [
-            "## What each change of the query path gains (local embedder, ef_search 40 "
-            "unless named)", "",
+            "## What each change of the query path gains (local embedder, the product's "
+            "ef_search unless named)", "",
             "Variants run in interleaved rounds (default 3 × 300 queries each); percentiles "
             "over the pooled samples; Δ against the first row of the same scope.", "",
             md_table(["chunks", "scope", "variant", "p50 ms", "p95 ms", "p99 ms", "SQL p50 ms",
@@ -1232,7 +1233,7 @@ def plot(parts):
         ax.set_yticks(y, names, fontsize=7)
         ax.invert_yaxis()
         ax.set(xlabel="ms (log)", xscale="log",
-               title=f"Query-path variants at {p['n']:,} chunks (ef_search 40 unless named)")
+               title=f"Query-path variants at {p['n']:,} chunks (product ef_search unless named)")
         ax.legend(fontsize=7)
     ax = axes[1][1]
     labels = [f"{p['embedder']}\n{p['n']:,}" for p in parts]

@@ -17,7 +17,7 @@ the fake with no delay, then every embeddings request takes ``--embedding-delay`
 * ``prefix reuse (prototype)``: a proposed change to ``SpeculativeRetriever.retrieve``
   (see :class:`PrefixReuse`), swapped onto the running conversation's retriever;
 * ``Flux, eager end of turn``: ``BACKTALK_STT_SERVICE=deepgram_flux`` with speculation
-  on (``BACKTALK_SPECULATIVE_RETRIEVAL=true``; the default before it was measured). The
+  on (``BACKTALK_SPECULATIVE_RETRIEVAL=true``; off by default with Flux, see below). The
   fake Flux recogniser sends ``EagerEndOfTurn`` ``--flux-eager-eot-delay`` (0.25 s) and
   ``EndOfTurn`` ``--flux-eot-delay`` (0.45 s) after the end of speech; Pipecat's
   ``EagerUserTurnStrategies`` run the turn (retrieval, then the LLM request) on the
@@ -25,7 +25,7 @@ the fake with no delay, then every embeddings request takes ``--embedding-delay`
   (``UserStoppedSpeakingFrame``).
 * ``Flux, speculation off``: the same with ``BACKTALK_SPECULATIVE_RETRIEVAL=false`` (the
   eager end of turn already retrieves early: what do the tap's prefetches add? Nothing
-  but embedding requests, so this is Flux's default now).
+  but embedding requests, so this is Flux's default).
 
 Per turn: the RAG processor's ``ProcessingMetricsData`` (the time the turn waited for
 retrieval), the retriever's ``SpeculativeStats`` deltas (``hits``, ``ready_hits``,
@@ -39,7 +39,7 @@ was available to the user than with an instant retrieval::
 ``release`` = the turn's ``UserStoppedSpeakingFrame``; ``token`` = the answering
 inference's first token out of the LLM (before the speculation gate); ``retrieval`` =
 that inference's RAG ``ProcessingMetricsData``. With Nova the inference starts after
-the release, so ``added`` = ``retrieval`` (the metric itself, as before). With Flux
+the release, so ``added`` = ``retrieval`` (the metric itself). With Flux
 the inference may start on ``EagerEndOfTurn``, before the release: retrieval is hidden
 only as far as the first token would anyway have come before the release; a retrieval
 that ends before ``EndOfTurn`` still delays a token due after it one for one. The
@@ -630,7 +630,7 @@ def main() -> None:
         flux_on = {**FLUX_ENV, "BACKTALK_SPECULATIVE_RETRIEVAL": "true"}
         variants_spec.append(("Flux, eager end of turn", flux_on, False, True))
         if not args.quick:
-            # Flux's default since this comparison (Settings.speculate).
+            # Flux's default (Settings.speculate), chosen on this comparison.
             flux_off = {**FLUX_ENV, "BACKTALK_SPECULATIVE_RETRIEVAL": "false"}
             variants_spec.append(("Flux, speculation off", flux_off, False, True))
     t0 = time.perf_counter()

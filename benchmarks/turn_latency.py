@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m benchmarks.turn_latency            # 30 turns (q1-q4, hello, cycled)
     python -m benchmarks.turn_latency --quick    # 5 turns (< 60 s)
+    python -m benchmarks.turn_latency --streamed-reply   # -> results/turn_latency_streamed.*
 
 The real conversation (``build_conversation``: Silero VAD + smart-turn v3 on real speech,
 Deepgram STT/TTS and OpenAI service classes, speculative retrieval, the RAG processor on an
@@ -20,8 +21,8 @@ Accounting (per turn, from Pipecat's ``UserBotLatencyObserver`` breakdown):
 * ``user_turn_secs`` — the same start to the turn's release (``UserStoppedSpeakingFrame``).
   It *includes* the VAD silence (stop_secs), the wait for the finalized transcript (the
   STT final delay: the smart-turn stop strategy waits for it) and the turn model (its
-  inference, or its 3 s ``smart_turn_stop_secs`` timeout when it scores the turn
-  unfinished). So the STT final delay must not be subtracted a second time;
+  inference, or its ``smart_turn_stop_secs`` timeout, 1 s by default, when it scores the
+  turn unfinished). So the STT final delay must not be subtracted a second time;
 * **orchestration overhead** = total − user_turn_secs − injected LLM TTFT − injected TTS
   first audio: everything Backtalk and Pipecat add after the turn is released (frame
   hops, RAG retrieval, the OpenAI/Deepgram clients' request work, the guard and
@@ -530,7 +531,7 @@ def main() -> None:
         default=0,
         help="run at this nice value (e.g. -10: near-dedicated CPU on a shared machine)",
     )
-    p.add_argument("--out", help="results name (default turn_latency[_quick])")
+    p.add_argument("--out", help="results name (default turn_latency[_streamed][_quick])")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -550,7 +551,11 @@ def main() -> None:
     if args.nice:
         os.nice(args.nice)  # before any thread/child starts: they inherit it
     n = 5 if args.quick else args.turns
-    name = args.out or ("turn_latency_quick" if args.quick else "turn_latency")
+    name = args.out or (
+        "turn_latency"
+        + ("_streamed" if args.streamed_reply else "")
+        + ("_quick" if args.quick else "")
+    )
     t_start = time.perf_counter()
     info = machine_info()
     runs: list[dict] = []

@@ -1,7 +1,7 @@
 """Benchmarks are not tests (no timing assertions here); this only keeps them from rotting.
 
-Every benchmark must import and parse its options; the quickest one also runs end to
-end on a tiny size. Full runs: see benchmarks/README.md and benchmarks/VOICE.md.
+Every benchmark must import and parse its options, and offer ``--quick``. Full runs:
+see benchmarks/README.md.
 """
 
 import subprocess

@@ -14,7 +14,7 @@ from backtalk.store.engine import (
 
 def test_the_cli_engine_searches_with_backtalks_ef_search(database_url):
     # `backtalk search` without --video is the library-wide search: pgvector's default
-    # candidate list (40) loses recall@5 there (benchmarks/README.md, retrieval).
+    # candidate list (40) loses recall@5 there (benchmarks/RETRIEVAL.md).
     engine = make_engine(sqlalchemy_url(database_url))
     try:
         with engine.connect() as conn:

@@ -1,0 +1,143 @@
+// The server's HTTP API (see the README's "page ↔ server contract"): types and fetch helpers.
+
+export interface Video {
+  key: string;
+  title: string;
+  youtube_id: string | null;
+  channel: string | null;
+  duration_s: number;
+  chunks: number;
+  ingested_at: string;
+}
+
+export interface Config {
+  videos: Video[];
+  persona: string;
+  personas: string[];
+}
+
+export interface Collection {
+  name: string;
+  videos: string[];
+}
+
+export type JobStatus = "queued" | "running" | "done" | "failed";
+
+export interface Job {
+  id: string;
+  input: string;
+  key: string | null;
+  status: JobStatus;
+  stage: "fetch" | "embed" | "store" | null;
+  done: number;
+  total: number | null;
+  error: string | null;
+  video: Video | null;
+}
+
+export interface Chunk {
+  ordinal: number;
+  start_s: number;
+  end_s: number;
+  text: string;
+}
+
+/** A place in a video the bot cited (the `citation` server message, and saved messages). */
+export interface Citation {
+  video_id: string | null;
+  video_key: string;
+  title: string;
+  seconds: number;
+  timestamp: string;
+  url: string | null;
+  start_s: number;
+  end_s: number;
+}
+
+export interface ConversationSummary {
+  id: number | string;
+  started_at: string;
+  ended_at: string | null;
+  video_keys: string[];
+  persona: string;
+  messages: number;
+  preview: string;
+}
+
+export interface ConversationMessage {
+  role: "user" | "assistant";
+  content: string;
+  interrupted: boolean;
+  created_at: string;
+  citations: Citation[];
+}
+
+export interface ConversationDetail extends Omit<ConversationSummary, "messages" | "preview"> {
+  messages: ConversationMessage[];
+}
+
+/** An HTTP error, with the server's `detail` message when it sent one. */
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+  ) {
+    super(message);
+  }
+}
+
+async function request<T>(path: string, init?: RequestInit): Promise<T> {
+  let response: Response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    throw new ApiError("Could not reach the Backtalk server: is `backtalk talk` still running?", 0);
+  }
+  if (!response.ok) {
+    let detail = `${response.status} ${response.statusText}`.trim();
+    try {
+      const body = await response.json();
+      if (typeof body?.detail === "string") detail = body.detail;
+    } catch {
+      // Not JSON: keep the status line.
+    }
+    throw new ApiError(detail, response.status);
+  }
+  return (await response.json()) as T;
+}
+
+export const api = {
+  config: () => request<Config>("/api/config"),
+  videos: () => request<{ videos: Video[] }>("/api/videos").then((r) => r.videos),
+  collections: () =>
+    request<{ collections: Collection[] }>("/api/collections").then((r) => r.collections),
+  ingest: (input: string) =>
+    request<{ job: Job }>("/api/videos", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ input }),
+    }).then((r) => r.job),
+  job: (id: string) =>
+    request<{ job: Job }>(`/api/jobs/${encodeURIComponent(id)}`).then((r) => r.job),
+  conversations: (videoKey: string) =>
+    request<{ conversations: ConversationSummary[] }>(
+      `/api/conversations?video=${encodeURIComponent(videoKey)}`,
+    ).then((r) => r.conversations),
+  conversation: (id: number | string) =>
+    request<ConversationDetail>(`/api/conversations/${encodeURIComponent(String(id))}`),
+};
+
+const chunkCache = new Map<string, Promise<Chunk[]>>();
+
+/** A video's transcript chunks, fetched once per video (a failed fetch is retried next time). */
+export function chunksOf(videoKey: string): Promise<Chunk[]> {
+  let chunks = chunkCache.get(videoKey);
+  if (!chunks) {
+    chunks = request<{ chunks: Chunk[] }>(
+      `/api/videos/${encodeURIComponent(videoKey)}/chunks`,
+    ).then((r) => r.chunks);
+    chunks.catch(() => chunkCache.delete(videoKey));
+    chunkCache.set(videoKey, chunks);
+  }
+  return chunks;
+}
