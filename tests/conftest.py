@@ -110,3 +110,16 @@ def local_embedder():
 def sqlalchemy_url(database_url: str) -> URL:
     """The psycopg-3 SQLAlchemy URL of a test database."""
     return _with_driver(database_url)
+
+
+def stop_postgres(server: pgserver.PostgresServer) -> None:
+    """Stop the embedded Postgres, as an outage would (fast shutdown: connections drop)."""
+    from pgserver import _commands
+
+    _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+
+def start_postgres(server: pgserver.PostgresServer) -> None:
+    """Start the embedded Postgres again, on the same socket (so the same URLs work)."""
+    with server._lock:
+        server.ensure_postgres_running()

@@ -225,6 +225,9 @@ class SmallWebRTCClient:
     Args:
         base_url: The runner, e.g. ``http://localhost:7860``.
         microphone: The track to send as the microphone.
+        start_path / start_body / headers: The session start request (default: the
+            prebuilt UI's ``POST /start``; ``backtalk serve``: ``/api/sessions`` with
+            ``{"videos": [...]}`` and an ``Authorization`` header).
 
     Attributes:
         start_response: JSON answer of ``POST /start``.
@@ -233,8 +236,19 @@ class SmallWebRTCClient:
         loudspeaker: What the bot said.
     """
 
-    def __init__(self, base_url: str, microphone: Microphone) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        microphone: Microphone,
+        *,
+        start_path: str = "/start",
+        start_body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.start_path = start_path
+        self.start_body = start_body
+        self.headers = headers or {}
         self.microphone = microphone
         self.loudspeaker = Loudspeaker()
         self.pc = RTCPeerConnection()
@@ -310,12 +324,15 @@ class SmallWebRTCClient:
                 self.messages.append((time.monotonic(), json.loads(message)))
 
         await pc.setLocalDescription(await pc.createOffer())  # gathers host candidates
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s), headers=self.headers
+        ) as http:
             # What the prebuilt UI posts (it also asks for Google's STUN server, which a
             # loopback test without network cannot use).
             async with http.post(
-                f"{self.base_url}/start",
-                json={
+                f"{self.base_url}{self.start_path}",
+                json=self.start_body
+                or {
                     "createDailyRoom": False,
                     "enableDefaultIceServers": False,
                     "transport": "webrtc",

@@ -15,6 +15,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backtalk.processors.citations import remove_citation_tags
 from backtalk.store.repo import conversation_end, conversation_start, message_insert
 
 __all__ = ["ConversationRecorder"]
@@ -72,10 +73,12 @@ class ConversationRecorder:
         @assistant.event_handler("on_assistant_turn_stopped")
         async def _on_assistant(_aggregator, message: AssistantTurnStoppedMessage):
             citations, self._citations = self._citations, []
-            if message.content:
+            # Saved as said: the tags' moments are kept, checked, in ``citations``.
+            content = remove_citation_tags(message.content or "").strip()
+            if content:
                 await self.add(
                     "assistant",
-                    message.content,
+                    content,
                     interrupted=message.interrupted,
                     citations=citations,
                 )

@@ -47,6 +47,7 @@ __all__ = [
     "Citation",
     "CitationProcessor",
     "RetrievalResultFrame",
+    "remove_citation_tags",
     "strip_citations",
 ]
 
@@ -54,9 +55,21 @@ __all__ = [
 CITATION_PATTERN = re.compile(r"<cite\b([^<>]{0,200}?)/?>")
 _ATTRIBUTE = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
 
+_TAG_WITH_SPACE = re.compile(r"[ \t]*" + CITATION_PATTERN.pattern)
+
+
+def remove_citation_tags(text: str) -> str:
+    """``text`` without its ``<cite .../>`` tags (and the spaces before them).
+
+    Args:
+        text: An answer as the LLM wrote it.
+    """
+    return _TAG_WITH_SPACE.sub("", text)
+
+
 #: A Pipecat text transform that removes citation tags before speech:
 #: ``DeepgramTTSService(text_transforms=[("*", strip_citations)])``.
-strip_citations = replace_text([(r"[ \t]*" + CITATION_PATTERN.pattern, "")])
+strip_citations = replace_text([(_TAG_WITH_SPACE.pattern, "")])
 
 
 @dataclass

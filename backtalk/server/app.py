@@ -367,7 +367,7 @@ def create_app(
 
         The session id, from an authenticated ``POST /api/sessions``, is the credential.
         """
-        session = conversations.pending(session_id)
+        session = conversations.lookup(session_id)
         if session is None:
             raise HTTPException(404, "Unknown or expired session: start a new one.")
         return await conversations.answer(session_id, await _json_body(request), session)

@@ -93,8 +93,12 @@ class ConversationHost(Protocol):
         """Reserve a place for ``session``; its id. Raises :class:`AtCapacity`."""
         ...
 
-    def pending(self, session_id: str) -> TalkSession | None:
-        """The registered, not yet connected, session of that id."""
+    def lookup(self, session_id: str) -> TalkSession | None:
+        """The session of that id: registered and not expired, or connected.
+
+        A connected session keeps answering its offer URL: Pipecat renegotiates
+        right after connecting, and the client re-sends its offer there.
+        """
         ...
 
     async def answer(self, session_id: str | None, body: dict, session: TalkSession) -> dict:
@@ -149,6 +153,7 @@ class LocalConversations:
         self._max_sessions = max_sessions
         self._load_threshold = load_threshold
         self._pending: dict[str, _Pending] = {}
+        self._connected: dict[str, TalkSession] = {}
         self._tasks: set[asyncio.Task] = set()
         self._handler = None
         self._process = psutil.Process()
@@ -170,6 +175,12 @@ class LocalConversations:
     def live(self) -> int:
         """Conversations running now."""
         return len(self._tasks)
+
+    @property
+    def session_ids(self) -> list[str]:
+        """Ids of the sessions registered (not expired) or connected here."""
+        self._forget_stale()
+        return [*self._pending, *self._connected]
 
     @property
     def reserved(self) -> int:
@@ -232,11 +243,13 @@ class LocalConversations:
             raise AtCapacity(reason)
         self._pending[session_id] = _Pending(session, time.monotonic())
 
-    def pending(self, session_id: str) -> TalkSession | None:
-        """The registered, not yet connected, session of that id."""
+    def lookup(self, session_id: str) -> TalkSession | None:
+        """The session of that id: registered and not expired, or connected."""
         self._forget_stale()
         entry = self._pending.get(session_id)
-        return entry.session if entry is not None else None
+        if entry is not None:
+            return entry.session
+        return self._connected.get(session_id)
 
     async def answer(self, session_id: str | None, body: dict, session: TalkSession) -> dict:
         """Answer a WebRTC offer and start the conversation on the new connection.
@@ -257,9 +270,13 @@ class LocalConversations:
             raise HTTPException(400, "A WebRTC offer needs 'sdp' and 'type'.") from None
 
         async def start(connection) -> None:
+            # Called for a new peer connection only (a renegotiation reuses its pc_id).
             if session_id is not None:
                 self._pending.pop(session_id, None)
-            self._spawn(self._converse_webrtc(connection, session))
+                self._connected[session_id] = session
+            task = self._spawn(self._converse_webrtc(connection, session))
+            if session_id is not None:
+                task.add_done_callback(lambda _t: self._connected.pop(session_id, None))
 
         return await self.handler.handle_web_request(
             request=request, webrtc_connection_callback=start
@@ -292,10 +309,11 @@ class LocalConversations:
             raise HTTPException(404, "Unknown or expired session: start a new one.")
         self._spawn(self._converse_daily(room_url, token, entry.session))
 
-    def _spawn(self, coroutine) -> None:
+    def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.create_task(coroutine, name="conversation")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _converse_webrtc(self, connection, session: TalkSession) -> None:
         from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport

@@ -63,6 +63,7 @@ def create_worker_app(resources: AgentResources, secret: str) -> FastAPI:
             "reserved": host.reserved,
             "load": host.load(),
             "draining": host.draining,
+            "sessions": host.session_ids,
             "pid": os.getpid(),
         }
 
@@ -76,7 +77,7 @@ def create_worker_app(resources: AgentResources, secret: str) -> FastAPI:
 
     @app.post("/sessions/{session_id}/offer")
     async def offer(session_id: str, body: dict) -> dict:
-        session = host.pending(session_id)
+        session = host.lookup(session_id)
         if session is None:
             raise HTTPException(404, "Unknown or expired session: start a new one.")
         return await host.answer(session_id, body, session)

@@ -7,7 +7,7 @@ random secret it inherits in its environment (never on its command line):
 
 ::
 
-    GET   /status                    {"live", "reserved", "load", "draining"}
+    GET   /status                    {"live", "reserved", "load", "draining", "sessions"}
     POST  /sessions/{id}             reserve a place for a session (503 if full)
     POST  /sessions/{id}/offer       its WebRTC offer → the answer (aiortc runs here)
     PATCH /sessions/{id}/offer       trickle ICE candidates
@@ -15,11 +15,12 @@ random secret it inherits in its environment (never on its command line):
     POST  /drain                     take no new session, finish the live ones, exit
 
 The server (:class:`WorkerPool`) places each new session on the least-loaded worker
-that is under its load threshold (CPU use in cores, LiveKit Agents' 0.7 by default) and
-its session cap, else answers 503. It polls every worker once a second; a worker that
-dies takes only its own conversations with it and is replaced. On SIGTERM the server
-drains: workers take no new session and their conversations go on until they end or
-the drain deadline passes; then everything exits.
+(fewest conversations, then lowest CPU use) that is under its load threshold (CPU use
+in cores, LiveKit Agents' 0.7 by default) and its session cap, else answers 503. It
+polls every worker once a second; a worker that dies takes only its own conversations
+with it and is replaced. On SIGTERM the server drains: workers take no new session and
+their conversations go on until they end or the drain deadline passes; then everything
+exits.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class WorkerPool:
             await asyncio.sleep(POLL_S)
             for i, worker in enumerate(list(self._workers)):
                 if worker.alive:
-                    await self._poll(worker)
+                    if await self._poll(worker):
+                        self._forget_ended(worker)
                     continue
                 if self.draining:
                     continue
@@ -185,6 +187,17 @@ class WorkerPool:
                 self._workers[i] = replacement
                 with contextlib.suppress(RuntimeError):
                     await self._wait_up(replacement)
+
+    def _forget_ended(self, worker: _Worker) -> None:
+        """Drop the sessions a worker no longer holds (ended or expired there)."""
+        held = set(worker.status.get("sessions", []))
+        now = time.monotonic()
+        for sid in [
+            sid
+            for sid, p in self._placed.items()
+            if p.worker is worker and sid not in held and now - p.created_at > POLL_S * 2
+        ]:
+            del self._placed[sid]
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -205,7 +218,8 @@ class WorkerPool:
         session_id = secrets.token_urlsafe(16)
         candidates = sorted(
             (w for w in self._workers if w.accepts(self._max_sessions, self._threshold)),
-            key=lambda w: (w.status.get("load", 0.0), w.status.get("reserved", 0)),
+            # Fewest conversations first (what drives a worker's CPU next), then CPU now.
+            key=lambda w: (w.status.get("reserved", 0), w.status.get("load", 0.0)),
         )
         for worker in candidates:
             try:
@@ -220,10 +234,12 @@ class WorkerPool:
                 continue
         raise AtCapacity("Every worker is busy; try again shortly.")
 
-    def pending(self, session_id: str) -> TalkSession | None:
-        """The registered session of that id (not yet connected)."""
+    def lookup(self, session_id: str) -> TalkSession | None:
+        """The session of that id: registered and not expired, or connected."""
         placed = self._placed.get(session_id)
-        if placed is None or time.monotonic() - placed.created_at > SESSION_OFFER_TIMEOUT_S:
+        if placed is None or not placed.worker.alive:
+            return None
+        if placed.pc_id is None and time.monotonic() - placed.created_at > SESSION_OFFER_TIMEOUT_S:
             return None
         return placed.session
 

@@ -86,10 +86,37 @@ export class ApiError extends Error {
   }
 }
 
+const KEY_STORAGE = "backtalk-api-key";
+
+/**
+ * The API key `backtalk serve` asks for (`Authorization: Bearer …`), kept in this
+ * browser's localStorage. `backtalk talk` needs none.
+ */
+export const auth = {
+  get key(): string | null {
+    return localStorage.getItem(KEY_STORAGE);
+  },
+  set(key: string): void {
+    localStorage.setItem(KEY_STORAGE, key.trim());
+  },
+  clear(): void {
+    localStorage.removeItem(KEY_STORAGE);
+  },
+  headers(): Record<string, string> {
+    const key = this.key;
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  },
+  /** Called when the server answers 401: the key is missing, wrong or revoked. */
+  onUnauthorized: (() => undefined) as (detail: string) => void,
+};
+
 async function request<T>(path: string, init?: RequestInit): Promise<T> {
   let response: Response;
   try {
-    response = await fetch(path, init);
+    response = await fetch(path, {
+      ...init,
+      headers: { ...auth.headers(), ...(init?.headers as Record<string, string> | undefined) },
+    });
   } catch {
     throw new ApiError("Could not reach the Backtalk server: is `backtalk talk` still running?", 0);
   }
@@ -101,6 +128,7 @@ async function request<T>(path: string, init?: RequestInit): Promise<T> {
     } catch {
       // Not JSON: keep the status line.
     }
+    if (response.status === 401) auth.onUnauthorized(detail);
     throw new ApiError(detail, response.status);
   }
   return (await response.json()) as T;

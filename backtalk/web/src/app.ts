@@ -14,7 +14,7 @@ import {
 } from "@pipecat-ai/client-js";
 import { SmallWebRTCTransport } from "@pipecat-ai/small-webrtc-transport";
 
-import { api, type Citation, type Video } from "./api";
+import { ApiError, api, auth, type Citation, type Video } from "./api";
 import { ConversationView, type TurnLatency } from "./conversation";
 import { byId, h, setMessage } from "./dom";
 import { HistoryView } from "./history";
@@ -161,6 +161,7 @@ async function startSession(): Promise<void> {
     if (s.ending) throw new Error("cancelled");
     const connection = await s.client.startBot({
       endpoint: "/api/sessions",
+      headers: new Headers(auth.headers()),
       requestData: { videos, persona: personaSelect.value },
     });
     if (s.ending) throw new Error("cancelled");
@@ -498,17 +499,46 @@ tabs.forEach((tab, i) => {
 
 // -- start ------------------------------------------------------------------------------
 
-async function start(): Promise<void> {
-  setState("idle");
-  void pane.init();
+async function load(): Promise<void> {
   try {
     const [config] = await Promise.all([api.config(), library.refresh()]);
     personaSelect.replaceChildren(...config.personas.map(personaOption));
     showPersona(config.persona);
     library.select(config.videos.map((v) => v.key));
+    setMessage(byId("app-error"), "");
   } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return; // the key form is shown
     setMessage(byId("app-error"), `Could not load Backtalk: ${(error as Error).message}`);
   }
+}
+
+// -- API key (backtalk serve) -----------------------------------------------------------
+
+const keyForm = byId<HTMLFormElement>("key-form");
+const keyInput = byId<HTMLInputElement>("key-input");
+
+auth.onUnauthorized = () => {
+  // A key that was sent and refused (wrong or revoked) is forgotten.
+  const refused = auth.key !== null;
+  auth.clear();
+  keyForm.hidden = false;
+  setMessage(byId("key-error"), refused ? "That key was not accepted: check it, or ask for a new one." : "");
+  keyInput.focus();
+};
+
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!keyInput.value.trim()) return;
+  auth.set(keyInput.value);
+  keyInput.value = "";
+  keyForm.hidden = true;
+  void load();
+});
+
+async function start(): Promise<void> {
+  setState("idle");
+  void pane.init();
+  await load();
 }
 
 void start();
