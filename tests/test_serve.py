@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import AUDIO, TRANSCRIPTS, start_postgres, stop_postgres
 from fakes import FakeDaily, FakeDeepgram, FakeOpenAI
-from processes import Output, free_port, process_group, start_backtalk
+from processes import Output, free_port, http_status, process_group, start_backtalk
 from webrtc_client import Microphone, SmallWebRTCClient, load_wav
 
 from backtalk.store import Store
@@ -42,6 +42,7 @@ SECRETS = {
     "OPENAI_API_KEY": "sk-LEAKCHECK-93c2",
     "DAILY_API_KEY": "daily-LEAKCHECK-5e0d",
 }
+BOT_PY = Path(__file__).resolve().parent.parent / "bot.py"
 _EXCERPT = re.compile(r'start_seconds="(\d+)" end_seconds="(\d+)"')
 
 
@@ -392,3 +393,116 @@ async def test_a_killed_worker_takes_only_its_own_conversation(serve, fakes):
     finally:
         await first.close()
         await second.close()
+
+
+def test_S10_serve_without_provider_keys_stops_before_any_io(tmp_path: Path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BACKTALK_", "OPENAI_", "DEEPGRAM_"))
+    }
+    env["BACKTALK_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [os.sys.executable, "-m", "backtalk.cli", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "DEEPGRAM_API_KEY" in result.stderr and "OPENAI_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # no embedded database was started
+
+
+@pytest.mark.e2e
+async def test_L4_a_burst_of_starts_admits_what_fits_and_those_all_connect(serve, fakes):
+    server = serve("--workers", "1", "--no-auth", worker_max_sessions="3")
+    statuses = []
+    for _ in range(20):  # within a few seconds
+        status, body, headers = await asyncio.to_thread(
+            server.call, "POST", "/api/sessions", {"videos": [VIDEO]}
+        )
+        statuses.append((status, body, headers))
+    accepted = [body for status, body, _ in statuses if status == 200]
+    refused = [(status, headers) for status, _, headers in statuses if status != 200]
+    assert len(accepted) == 3, [s for s, _, _ in statuses]
+    assert all(status in (429, 503) and int(h["retry-after"]) > 0 for status, h in refused)
+    # Every admitted session connects and is greeted.
+    clients = []
+    try:
+        for body in accepted:
+            client = SmallWebRTCClient(server.base, Microphone())
+            clients.append(client)
+            await client.connect(timeout_s=60, session_id=body["sessionId"])
+        for client in clients:
+            assert await wait_for(lambda c=client: c.loudspeaker.first_audible_at(0), 30)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def start_pipecat_runner(env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen:
+    """Ingest the lecture, then run ``python bot.py`` under Pipecat's own dev runner."""
+    subprocess.run(
+        [os.sys.executable, "-m", "backtalk.cli", "ingest", LECTURE],
+        env=env,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+    return subprocess.Popen(
+        [os.sys.executable, str(BOT_PY), "-t", "webrtc", "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.e2e
+async def test_the_pipecat_cloud_entry_runs_under_pipecats_own_runner(
+    database_url: str, tmp_path: Path, fakes
+):
+    openai, deepgram, _ = fakes
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BACKTALK_", "OPENAI_", "DEEPGRAM_"))
+    }
+    env.update(
+        SECRETS,
+        DATABASE_URL=database_url,
+        OPENAI_BASE_URL=openai.base_url,
+        BACKTALK_DEEPGRAM_BASE_URL=deepgram.base_url,
+        BACKTALK_DATA_DIR=str(tmp_path / "data"),
+    )
+    proc = await asyncio.to_thread(start_pipecat_runner, env, tmp_path, port)
+    log = Output(proc.stdout)
+    client = None
+    try:
+        await asyncio.to_thread(
+            wait_until,
+            lambda: http_status(f"http://localhost:{port}/status") == 200,
+            120,
+            "Pipecat's runner",
+            proc,
+        )
+        client = SmallWebRTCClient(
+            f"http://localhost:{port}",
+            Microphone(),
+            start_body={"transport": "webrtc", "body": {"videos": [VIDEO]}},
+        )
+        await client.connect(timeout_s=60)
+        assert await wait_for(lambda: client.loudspeaker.first_audible_at(0), 60), log.text[-3000:]
+        assert any("Gradient descent lecture" in t for t in deepgram.spoken_texts)
+    finally:
+        if client is not None:
+            await client.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        log.join()

@@ -287,8 +287,9 @@ class SmallWebRTCClient:
             )
         )
 
-    async def connect(self, *, timeout_s: float = 30.0) -> None:
-        """Start a session, negotiate, and wait until the peer connection is connected."""
+    async def connect(self, *, timeout_s: float = 30.0, session_id: str | None = None) -> None:
+        """Start a session (or join ``session_id``, already started), negotiate, and wait
+        until the peer connection is connected."""
         pc = self.pc
         pc.addTransceiver(self.microphone, direction="sendrecv")
         pc.addTransceiver("video", direction="sendrecv")
@@ -329,18 +330,19 @@ class SmallWebRTCClient:
         ) as http:
             # What the prebuilt UI posts (it also asks for Google's STUN server, which a
             # loopback test without network cannot use).
-            async with http.post(
-                f"{self.base_url}{self.start_path}",
-                json=self.start_body
-                or {
-                    "createDailyRoom": False,
-                    "enableDefaultIceServers": False,
-                    "transport": "webrtc",
-                },
-            ) as r:
-                r.raise_for_status()
-                self.start_response = await r.json()
-            session_id = self.start_response["sessionId"]
+            if session_id is None:
+                async with http.post(
+                    f"{self.base_url}{self.start_path}",
+                    json=self.start_body
+                    or {
+                        "createDailyRoom": False,
+                        "enableDefaultIceServers": False,
+                        "transport": "webrtc",
+                    },
+                ) as r:
+                    r.raise_for_status()
+                    self.start_response = await r.json()
+                session_id = self.start_response["sessionId"]
             self.offer_request = {
                 "sdp": pc.localDescription.sdp,
                 "type": pc.localDescription.type,

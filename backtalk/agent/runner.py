@@ -7,6 +7,7 @@ Cloud), and :func:`run_daily` joins a Daily room.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 
@@ -18,7 +19,7 @@ from backtalk.agent.bot import AgentResources, TalkSession, run_conversation
 from backtalk.agent.rooms import create_private_room
 from backtalk.errors import UsageError
 
-__all__ = ["check_port_free", "configure_logging", "make_bot", "run_daily"]
+__all__ = ["bot", "check_port_free", "configure_logging", "make_bot", "run_daily"]
 
 
 def configure_logging(level: str) -> None:
@@ -80,6 +81,42 @@ def make_bot(resources: AgentResources, session: TalkSession):
         )
 
     return bot
+
+
+_shared: AgentResources | None = None
+
+
+async def bot(runner_args: RunnerArguments) -> None:
+    """Pipecat's bot entry: one conversation, its videos named by the start request.
+
+    What Pipecat Cloud (the repository's ``bot.py`` on its base image) and Pipecat's
+    development runner (``python bot.py``) call per session. The session's data is the
+    start request's ``body``: ``{"videos": ["KEY", ...], "persona": "tutor"}``; the
+    videos must be in the library ``DATABASE_URL`` names. Settings come from the
+    environment (on Pipecat Cloud: its secret set).
+
+    Args:
+        runner_args: From Pipecat's runner (Daily, SmallWebRTC, or its eval harness).
+    """
+    global _shared
+    from backtalk.config import Settings
+    from backtalk.prompts import DEFAULT_PERSONA, personas
+
+    if _shared is None:  # shared by the sessions of this process: models load once
+        _shared = await asyncio.to_thread(AgentResources.open, Settings())
+    body = runner_args.body if isinstance(runner_args.body, dict) else {}
+    keys = [str(k) for k in body.get("videos") or []]
+    persona = str(body.get("persona") or DEFAULT_PERSONA)
+    found = await asyncio.to_thread(_shared.store.find_videos, keys)
+    missing = [k for k in keys if k not in found]
+    if not keys or missing or persona not in personas():
+        logger.error(
+            "The session's body must name library videos and a known persona: "
+            f'{{"videos": [...], "persona": ...}}; missing videos: {missing or "none given"}'
+        )
+        return
+    session = TalkSession(videos=[found[k] for k in keys], persona=persona)
+    await make_bot(_shared, session)(runner_args)
 
 
 async def run_daily(
