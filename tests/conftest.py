@@ -27,7 +27,7 @@ FIXTURES = TESTS / "fixtures"
 TRANSCRIPTS = FIXTURES / "transcripts"
 AUDIO = FIXTURES / "audio"
 
-_TEMPLATE = "backtalk_template"
+TEMPLATE_DB = "backtalk_template"
 #: Provider settings a developer may have in their shell or .env must not leak into tests.
 _ISOLATED_ENV = (
     "DATABASE_URL",
@@ -58,8 +58,8 @@ def pg_server() -> Iterator[pgserver.PostgresServer]:
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     try:
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {_TEMPLATE}")
-        engine = make_engine(_with_driver(server.get_uri(_TEMPLATE)))
+            conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+        engine = make_engine(_with_driver(server.get_uri(TEMPLATE_DB)))
         migrate(engine)
         engine.dispose()
         yield server
@@ -74,7 +74,7 @@ def database_url(pg_server: pgserver.PostgresServer) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = pg_server.get_uri()
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
     try:
         yield pg_server.get_uri(name)
     finally:

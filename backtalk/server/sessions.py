@@ -39,6 +39,8 @@ SESSION_OFFER_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 2.0
 #: Seconds a client is told to wait when the server is full (``Retry-After``).
 RETRY_WHEN_FULL_S = 15
+#: How often, seconds, a WebRTC conversation checks that its client is still there.
+PEER_CHECK_S = 0.5
 
 
 class AtCapacity(Exception):
@@ -77,6 +79,26 @@ def session_from_json(data: dict, resources: AgentResources) -> TalkSession:
     return TalkSession(
         videos=[found[k] for k in keys], persona=data["persona"], api_key_id=data["api_key_id"]
     )
+
+
+async def _end_when_peer_gone(connection) -> None:
+    """Close a peer connection whose client has vanished (a closed tab, a crashed browser).
+
+    Pipecat's client SDKs ping over the data channel every second, and
+    ``SmallWebRTCConnection.is_connected()`` turns False 3 s after the last ping, but
+    nothing acts on it: the connection lingers until WebRTC's own consent timeout
+    (~30 s), holding its pipeline and Deepgram sockets. Closing it here ends the
+    conversation (the transport reports the client disconnected) within ~3.5 s.
+    """
+    seen = False
+    while True:
+        await asyncio.sleep(PEER_CHECK_S)
+        if connection.is_connected():
+            seen = True
+        elif seen:
+            logger.info("The client stopped answering; closing its connection")
+            await connection.disconnect()
+            return
 
 
 class ConversationHost(Protocol):
@@ -323,7 +345,11 @@ class LocalConversations:
         transport = SmallWebRTCTransport(
             webrtc_connection=connection, params=transport_params(self._resources.settings)
         )
-        await self._converse(transport, session, "webrtc")
+        watchdog = asyncio.create_task(_end_when_peer_gone(connection), name="webrtc-peer")
+        try:
+            await self._converse(transport, session, "webrtc")
+        finally:
+            watchdog.cancel()
 
     async def _converse_daily(self, room_url: str, token: str, session: TalkSession) -> None:
         from pipecat.transports.daily.transport import DailyParams, DailyTransport
