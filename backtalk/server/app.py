@@ -16,6 +16,7 @@
     POST /api/sessions              start a conversation (also POST /start, Pipecat's name)
     POST/PATCH /sessions/{id}/api/offer   its WebRTC offer / ICE candidates
     POST/PATCH /api/offer           a direct offer (the session's data in request_data)
+    WS   /ws                        Pipecat's eval harness (without authentication only)
 
 The session endpoints have the shapes of Pipecat's development runner
 (``pipecat/runner/run.py``), so Pipecat's client SDK (``startBotAndConnect``) and its
@@ -35,7 +36,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -399,6 +400,23 @@ def create_app(
         """Trickle ICE candidates for a direct offer's peer connection."""
         await conversations.add_candidates(None, await _json_body(request))
         return {"status": "success"}
+
+    if not auth:
+
+        @app.websocket("/ws")
+        async def eval_harness(websocket: WebSocket) -> None:
+            """Pipecat's eval harness (``pipecat eval run … --bot-url ws://HOST:PORT/ws``).
+
+            One conversation about the server's default videos, over the harness's
+            websocket transport; served only without authentication (``talk``).
+            """
+            from pipecat.runner.types import WebSocketRunnerArguments
+
+            from backtalk.agent.runner import make_bot
+
+            await websocket.accept()
+            session = await asyncio.to_thread(session_for, SessionRequest(), None)
+            await make_bot(resources, session)(WebSocketRunnerArguments(websocket=websocket))
 
     @app.exception_handler(ValueError)
     async def bad_value(_request: Request, exc: ValueError) -> JSONResponse:

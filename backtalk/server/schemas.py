@@ -6,11 +6,11 @@ Times are ISO 8601 with a time zone; positions in a video are seconds from its s
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backtalk.store.repo import ConversationRecord, ConversationSummary, StoredChunk, VideoInfo
+from backtalk.store.repo import ConversationRecord
 
 __all__ = [
     "ChunkOut",
@@ -32,7 +32,18 @@ __all__ = [
 ]
 
 
-class VideoOut(BaseModel):
+class _Out(BaseModel):
+    """A response shape read from one of the store's records (same field names)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, record: object) -> Self:
+        """The API shape of a store record (:class:`~backtalk.store.VideoInfo`, ...)."""
+        return cls.model_validate(record, from_attributes=True)
+
+
+class VideoOut(_Out):
     """A video in the library.
 
     Parameters:
@@ -53,19 +64,6 @@ class VideoOut(BaseModel):
     duration_s: float
     chunks: int
     ingested_at: datetime
-
-    @classmethod
-    def of(cls, video: VideoInfo) -> VideoOut:
-        """The API shape of a stored video."""
-        return cls(
-            key=video.key,
-            title=video.title,
-            youtube_id=video.youtube_id,
-            channel=video.channel,
-            duration_s=video.duration_s,
-            chunks=video.chunks,
-            ingested_at=video.ingested_at,
-        )
 
 
 class VideosOut(BaseModel):
@@ -126,18 +124,13 @@ class JobResponse(BaseModel):
     job: JobOut
 
 
-class ChunkOut(BaseModel):
+class ChunkOut(_Out):
     """One chunk of a transcript: ``text`` spoken from ``start_s`` to ``end_s`` seconds."""
 
     ordinal: int
     start_s: float
     end_s: float
     text: str
-
-    @classmethod
-    def of(cls, chunk: StoredChunk) -> ChunkOut:
-        """The API shape of a stored chunk."""
-        return cls(ordinal=chunk.ordinal, start_s=chunk.start_s, end_s=chunk.end_s, text=chunk.text)
 
 
 class ChunksOut(BaseModel):
@@ -160,29 +153,21 @@ class CollectionsOut(BaseModel):
     collections: list[CollectionOut]
 
 
-class ConversationSummaryOut(BaseModel):
-    """A saved conversation, as a history list shows it."""
+class _ConversationOut(_Out):
+    """What a saved conversation's summary and full record share."""
 
     id: int
     video_keys: list[str]
     persona: str | None
     started_at: datetime
     ended_at: datetime | None
+
+
+class ConversationSummaryOut(_ConversationOut):
+    """A saved conversation, as a history list shows it."""
+
     messages: int
     preview: str = Field(description="The first thing the user said.")
-
-    @classmethod
-    def of(cls, summary: ConversationSummary) -> ConversationSummaryOut:
-        """The API shape of a conversation summary."""
-        return cls(
-            id=summary.id,
-            video_keys=summary.video_keys,
-            persona=summary.persona,
-            started_at=summary.started_at,
-            ended_at=summary.ended_at,
-            messages=summary.messages,
-            preview=summary.preview,
-        )
 
 
 class ConversationsOut(BaseModel):
@@ -191,7 +176,7 @@ class ConversationsOut(BaseModel):
     conversations: list[ConversationSummaryOut]
 
 
-class MessageOut(BaseModel):
+class MessageOut(_Out):
     """One message of a saved conversation.
 
     Parameters:
@@ -206,37 +191,16 @@ class MessageOut(BaseModel):
     citations: list[dict]
 
 
-class ConversationOut(BaseModel):
+class ConversationOut(_ConversationOut):
     """A saved conversation with its messages, oldest first."""
 
-    id: int
-    video_keys: list[str]
-    persona: str | None
-    started_at: datetime
-    ended_at: datetime | None
     messages: list[MessageOut]
 
     @classmethod
-    def of(cls, record: ConversationRecord) -> ConversationOut:
+    def of(cls, record: ConversationRecord) -> Self:
         """The API shape of a saved conversation."""
-        summary = record.summary
-        return cls(
-            id=summary.id,
-            video_keys=summary.video_keys,
-            persona=summary.persona,
-            started_at=summary.started_at,
-            ended_at=summary.ended_at,
-            messages=[
-                MessageOut(
-                    role=m.role,
-                    content=m.content,
-                    interrupted=m.interrupted,
-                    created_at=m.created_at,
-                    citations=m.citations,
-                )
-                for m in record.messages
-            ],
-        )
+        shared = _ConversationOut.of(record.summary).model_dump()
+        return cls.model_validate({**shared, "messages": record.messages}, from_attributes=True)
 
 
 class SessionRequest(BaseModel):
