@@ -18,7 +18,8 @@ process tree, psutil) and memory. A level is *held* when every conversation conn
 and every question was answered, and its p95 voice-to-voice is within 100 ms of the
 same target's at N = 1. With ``--profile N``, the CPU of one worker at that level is
 sampled with py-spy and split into its parts (WebRTC/Opus, VAD, smart-turn, STT socket,
-TTS socket, pipeline, other).
+TTS socket, pipeline, other); waiting (in uvloop's C event loop, or a thread blocked on
+a queue) is left out. The raw samples stay in ``results/serve_load_profile.raw.txt``.
 
 Run ``python -m benchmarks.serve_load`` (~15 min); ``--quick`` (N = 1, one target).
 """
@@ -141,7 +142,7 @@ def tree_cpu_s(pid: int) -> tuple[float, float]:
 
 def profile_parts(pid: int, seconds: float) -> dict[str, float]:
     """Share of one process's samples per part of a conversation (py-spy, idle excluded)."""
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve_load_{pid}.txt"
+    out = ROOT / "benchmarks" / "results" / "serve_load_profile.raw.txt"
     subprocess.run(
         [
             str(Path(sys.executable).parent / "py-spy"),
@@ -168,30 +169,40 @@ def profile_parts(pid: int, seconds: float) -> dict[str, float]:
         if not count.isdigit():
             continue
         parts[_part(stack)] += int(count)
-    out.unlink(missing_ok=True)
     total = sum(n for part, n in parts.items() if part != "idle") or 1
     return {part: n / total for part, n in parts.most_common() if part != "idle"}
 
 
+#: Parts of a conversation's CPU, by the first matching frame from the leaf up: (part,
+#: substrings of a py-spy frame "function (file:line)").
+_PARTS = (
+    ("idle", ("select (", "epoll", "poll (", "_worker (concurrent", "wait (threading")),
+    ("smart-turn", ("smart_turn", "_whisper_features")),
+    ("VAD (Silero)", ("silero", "vad_analyzer", "vad_controller")),
+    ("WebRTC (aiortc, Opus, SRTP, ICE)", ("aiortc", "aioice", "pylibsrtp", "/av/", "av/")),
+    ("audio resampling", ("soxr", "resampler")),
+    ("STT socket", ("deepgram/stt", "listen/v1", "deepgram/listen")),
+    ("TTS socket", ("deepgram/tts",)),
+    ("LLM (openai, httpx)", ("openai", "httpx", "httpcore")),
+    ("database", ("sqlalchemy", "psycopg")),
+    ("pipeline (Pipecat frames, observers)", ("pipecat",)),
+    ("event loop and other Python", ("",)),
+)
+
+
 def _part(stack: str) -> str:
     frames = stack.split(";")
-    leaf = frames[-1]
-    if "select" in leaf or "epoll" in leaf or "_run_once (asyncio" in leaf and len(frames) < 8:
+    # uvloop waits for I/O in C: an event-loop thread whose innermost Python frame is the
+    # loop's own run call is (almost always) waiting, not working.
+    if frames and (
+        any(k in frames[-1] for k in _PARTS[0][1]) or frames[-1].startswith("Runner.run (")
+    ):
         return "idle"
-    text = stack.lower()
-    if "smart_turn" in text or "_whisper_features" in text:
-        return "smart-turn"
-    if "silero" in text or "vad_analyzer" in text:
-        return "VAD (Silero)"
-    if "aiortc" in text or "/av/" in text or "opus" in text or "aioice" in text:
-        return "WebRTC (aiortc, Opus, SRTP, ICE)"
-    if "deepgram/stt" in text or "listen/v1" in text:
-        return "STT socket"
-    if "deepgram/tts" in text:
-        return "TTS socket"
-    if "pipecat" in text:
-        return "pipeline (Pipecat frames, observers)"
-    return "other"
+    for part, keys in _PARTS[1:]:
+        for frame in reversed(frames):
+            if any(k in frame.lower() for k in keys):
+                return part
+    return _PARTS[-1][0]
 
 
 async def level(base: str, pid: int, n: int, warmup_s: float, window_s: float, profile: bool):
@@ -201,12 +212,14 @@ async def level(base: str, pid: int, n: int, warmup_s: float, window_s: float, p
     with contextlib.suppress(TimeoutError):  # a client that never connects counts as failed
         await wait_until(lambda: len(ready) >= n or all(t.done() for t in tasks), 120)
     await asyncio.sleep(warmup_s)
+    import psutil
+
+    me = psutil.Process()
     c0, _ = tree_cpu_s(pid)
+    m0 = sum(me.cpu_times()[:2])
     w0 = time.monotonic()
     parts = None
     if profile:
-        import psutil
-
         workers = [
             p.pid
             for p in psutil.Process(pid).children(recursive=True)
@@ -216,6 +229,7 @@ async def level(base: str, pid: int, n: int, warmup_s: float, window_s: float, p
     else:
         await asyncio.sleep(window_s)
     c1, rss = tree_cpu_s(pid)
+    m1 = sum(me.cpu_times()[:2])
     wall = time.monotonic() - w0
     stop.set()
     results = await asyncio.gather(*tasks)
@@ -229,13 +243,15 @@ async def level(base: str, pid: int, n: int, warmup_s: float, window_s: float, p
         "v2v_p50": pct(v2v, 50),
         "v2v_p95": pct(v2v, 95),
         "cpu_pct_one_core": (c1 - c0) / wall * 100,
+        "clients_cpu_pct_one_core": (m1 - m0) / wall * 100,
         "rss_mb": rss,
         "parts": parts,
     }
     log(
         f"  N={n:2}: {out['connected']}/{n} connected, {out['turns']} turns, "
         f"{out['unanswered']} unanswered, v2v p95 {out['v2v_p95'] or 0:.2f} s, "
-        f"CPU {out['cpu_pct_one_core']:.0f}% of a core, {rss:.0f} MB"
+        f"CPU {out['cpu_pct_one_core']:.0f}% of a core (clients "
+        f"{out['clients_cpu_pct_one_core']:.0f}%), {rss:.0f} MB"
     )
     await asyncio.sleep(4)  # sessions tear down before the next level
     return out
@@ -308,6 +324,7 @@ def markdown(results: dict[str, list[dict]], info: dict, delays: dict) -> str:
                 f"{r['v2v_p95'] or 0:.2f}",
                 f"{r['cpu_pct_one_core']:.0f}%",
                 f"{r['cpu_pct_one_core'] / r['n']:.1f}%",
+                f"{r.get('clients_cpu_pct_one_core', 0):.0f}%",
                 f"{r['rss_mb']:.0f}",
                 "yes" if r["held"] else "no",
             ]
@@ -325,6 +342,7 @@ def markdown(results: dict[str, list[dict]], info: dict, delays: dict) -> str:
                     "v2v p95 s",
                     "CPU (1 core)",
                     "per conversation",
+                    "clients' CPU",
                     "RSS MB",
                     "held",
                 ],
