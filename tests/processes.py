@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -9,11 +10,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
     "Output",
+    "eventually",
+    "wait_until",
     "free_port",
     "http_status",
     "process_group",
@@ -111,3 +114,43 @@ def wait_serving(proc: subprocess.Popen, err: Output, port: int, timeout_s: floa
         assert proc.poll() is None, err.text[-3000:]
         assert time.monotonic() < deadline, "the agent did not start"
         time.sleep(0.2)
+
+
+def _check(value, deadline: float, timeout_s: float, what: str, proc) -> bool:
+    if value:
+        return True
+    if proc is not None and proc.poll() is not None:
+        raise AssertionError(f"backtalk exited ({proc.returncode}) while waiting for {what}")
+    if time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    return False
+
+
+async def wait_until(
+    predicate: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+) -> object:
+    """Poll ``predicate`` every 50 ms; its first truthy value.
+
+    Raises:
+        AssertionError: after ``timeout_s``, or as soon as ``proc`` exits.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not _check(value := predicate(), deadline, timeout_s, what, proc):
+        await asyncio.sleep(0.05)
+    return value
+
+
+def eventually(
+    predicate: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+) -> object:
+    """:func:`wait_until` for synchronous code (polls every 100 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not _check(value := predicate(), deadline, timeout_s, what, proc):
+        time.sleep(0.1)
+    return value

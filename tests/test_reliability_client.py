@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import AUDIO, TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
-from processes import free_port, process_group, start_backtalk
+from processes import free_port, process_group, start_backtalk, wait_until
 from webrtc_client import Microphone, SmallWebRTCClient, load_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -60,17 +60,6 @@ def talk_env(tmp_path: Path, openai: FakeOpenAI, deepgram: FakeDeepgram) -> dict
     return env
 
 
-async def poll(predicate, timeout_s: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"backtalk exited ({proc.returncode}) waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
-
-
 def postgres_of(data_dir: Path) -> list[int]:
     """Pids of Postgres servers running on ``data_dir``'s embedded cluster."""
     found = []
@@ -102,17 +91,19 @@ async def test_a_vanished_client_ends_its_conversation_in_seconds(tmp_path: Path
     )
     client = None
     try:
-        await poll(lambda: "Open:" in out.text, 120, "the page", proc)
+        await wait_until(lambda: "Open:" in out.text, 120, "the page", proc)
         client = await asyncio.create_subprocess_exec(
             sys.executable, "-c", CLIENT, f"http://localhost:{port}", stdout=subprocess.PIPE
         )
         line = await asyncio.wait_for(client.stdout.readline(), 90)
         assert line.decode().strip() == "connected"
-        await poll(lambda: "Client connected" in err.text, 30, "the conversation", proc)
+        await wait_until(lambda: "Client connected" in err.text, 90, "the conversation", proc)
         client.kill()  # a crashed browser: no goodbye of any kind
         await client.wait()
         gone_at = time.monotonic()
-        await poll(lambda: re.search(r"Conversation \d+ ended", err.text), 30, "the end", proc)
+        await wait_until(
+            lambda: re.search(r"Conversation \d+ ended", err.text), 30, "the end", proc
+        )
         ended_s = time.monotonic() - gone_at
         print(f"\nconversation ended {ended_s:.1f}s after its client vanished")
         # WebRTC's own consent timeout would take ~30 s; Backtalk acts on the missing pings.
@@ -137,13 +128,13 @@ async def test_ctrl_c_stops_talk_mid_answer_and_its_embedded_postgres(tmp_path: 
     )
     client = None
     try:
-        await poll(lambda: "Open:" in out.text, 120, "the page", proc)
+        await wait_until(lambda: "Open:" in out.text, 120, "the page", proc)
         assert postgres_of(tmp_path / "data"), "talk did not start its embedded Postgres"
         mic = Microphone()
         client = SmallWebRTCClient(f"http://localhost:{port}", mic)
         await client.connect(timeout_s=60)
         deepgram.queue_transcript("What does the speaker say about choosing the learning rate?")
-        await poll(lambda: client.loudspeaker.first_audible_at(0), 30, "the greeting", proc)
+        await wait_until(lambda: client.loudspeaker.first_audible_at(0), 30, "the greeting", proc)
         mic.play(load_wav(AUDIO / "q1_what_is_learning_rate.wav"))
         # Ctrl-C while the user speaks over the greeting (a long one: 0.05 s a character).
         await asyncio.sleep(1.0)

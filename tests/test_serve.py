@@ -25,7 +25,14 @@ from pathlib import Path
 import pytest
 from conftest import AUDIO, TRANSCRIPTS, start_postgres, stop_postgres
 from fakes import FakeDaily, FakeDeepgram, FakeOpenAI
-from processes import Output, free_port, http_status, process_group, start_backtalk
+from processes import (
+    Output,
+    eventually,
+    free_port,
+    http_status,
+    process_group,
+    start_backtalk,
+)
 from webrtc_client import Microphone, SmallWebRTCClient, load_wav
 
 from backtalk.store import Store
@@ -91,19 +98,6 @@ class Server:
         return self.out.text + self.err.text
 
 
-def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the server exited ({proc.returncode}) waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def fakes():
     with (
@@ -150,7 +144,7 @@ def serve(database_url: str, tmp_path: Path, fakes) -> Iterator:
         )
         server = Server(proc, out, err, f"http://localhost:{port}", server_env, cwd)
         started.append(server)
-        wait_until(lambda: "Open:" in out.text, 120, "the server to start", proc)
+        eventually(lambda: "Open:" in out.text, 120, "the server to start", proc)
         return server
 
     try:
@@ -239,7 +233,7 @@ def test_daily_rooms_are_private_and_only_the_users_token_leaves_the_server(serv
     assert bot_token not in json.dumps(body)
     assert_no_secrets(json.dumps(body))
     # The bot (it cannot reach Daily from here) fails to join and frees its place.
-    wait_until(lambda: server.call("GET", "/readyz")[0] == 200, 60, "the place to be freed")
+    eventually(lambda: server.call("GET", "/readyz")[0] == 200, 60, "the place to be freed")
     for _pid, command in process_group(server.proc.pid):
         assert_no_secrets(command)
         assert bot_token not in command and user_token not in command
@@ -276,14 +270,14 @@ def test_readiness_follows_the_database(serve, pg_server):
     assert server.call("GET", "/readyz")[0] == 200
     stop_postgres(pg_server)
     try:
-        status, body, _ = wait_until(
+        status, body, _ = eventually(
             lambda: (r := server.call("GET", "/readyz"))[0] == 503 and r, 30, "503"
         )
         assert "database" in body["reason"]
         assert server.call("GET", "/healthz")[0] == 200  # alive, just not ready
     finally:
         start_postgres(pg_server)
-    wait_until(lambda: server.call("GET", "/readyz")[0] == 200, 30, "ready again")
+    eventually(lambda: server.call("GET", "/readyz")[0] == 200, 30, "ready again")
 
 
 async def ask(client: SmallWebRTCClient, mic: Microphone, fake_openai: FakeOpenAI, proc) -> dict:
@@ -381,13 +375,13 @@ async def test_a_killed_worker_takes_only_its_own_conversation(serve, fakes):
         assert len(survivors) == 1, "exactly the other worker's conversation should survive"
         # The dead worker is replaced and the server is ready again.
         await asyncio.to_thread(
-            wait_until,
+            eventually,
             lambda: len(server.workers()) == 2 and workers[0] not in server.workers(),
             60,
             "a replacement worker",
         )
         await asyncio.to_thread(
-            wait_until, lambda: server.call("GET", "/readyz")[0] == 200, 60, "readiness"
+            eventually, lambda: server.call("GET", "/readyz")[0] == 200, 60, "readiness"
         )
         assert re.search(r"Worker \d .* exited .*replacing it", server.logs), server.logs[-3000:]
     finally:
@@ -486,7 +480,7 @@ async def test_the_pipecat_cloud_entry_runs_under_pipecats_own_runner(
     client = None
     try:
         await asyncio.to_thread(
-            wait_until,
+            eventually,
             lambda: http_status(f"http://localhost:{port}/status") == 200,
             120,
             "Pipecat's runner",

@@ -20,14 +20,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import AUDIO, TRANSCRIPTS
 from fakes import FakeDeepgram, FakeOpenAI
-from processes import free_port, http_status, process_group, start_backtalk
+from processes import free_port, http_status, process_group, start_backtalk, wait_until
 from webrtc_client import Microphone, SmallWebRTCClient, load_wav
 
 from backtalk.store import Store
@@ -67,25 +66,6 @@ TIMELINE_EVENTS = (
 _EXCERPT = re.compile(
     r'<excerpt [^>]*start_seconds="(\d+)" end_seconds="(\d+)">\n(.*?)\n</excerpt>', re.S
 )
-
-
-async def wait_until(
-    predicate: Callable[[], object],
-    timeout_s: float,
-    what: str,
-    proc: subprocess.Popen | None = None,
-) -> object:
-    """Poll ``predicate`` every 50 ms; fail after ``timeout_s``, or if ``proc`` exits."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"backtalk exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def wav_speech_end_s(pcm: bytes, sample_rate: int = 16000, rms: float = 500.0) -> float:
