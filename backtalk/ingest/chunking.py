@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backtalk.ingest.segments import Segment, clean_text
+from backtalk.ingest.segments import Segment, clean_text, dedupe_segments
 
 __all__ = ["Chunk", "chunk_segments", "timed_segments"]
 
@@ -39,7 +39,9 @@ def timed_segments(segments: Sequence[Segment]) -> list[tuple[str, float, float]
 
     Rolling auto-captions overlap: a line's ``start + duration`` runs past the next
     line's start. Each line therefore ends at the earlier of its own end and the
-    next line's start. Lines with no speech left after cleaning are dropped.
+    next line's start. Lines with no speech left after cleaning are dropped, and a
+    cue given twice (same start, same words) is kept once
+    (:func:`~backtalk.ingest.segments.dedupe_segments`).
 
     Args:
         segments: Segments in any order.
@@ -47,7 +49,7 @@ def timed_segments(segments: Sequence[Segment]) -> list[tuple[str, float, float]
     Returns:
         Non-empty lines in time order.
     """
-    ordered = sorted(segments, key=lambda s: s.start_s)
+    ordered = sorted(dedupe_segments(segments), key=lambda s: s.start_s)
     timed = []
     for i, seg in enumerate(ordered):
         end = seg.start_s + max(seg.duration_s, 0.0)

@@ -15,7 +15,7 @@ from backtalk.config import Settings
 from backtalk.errors import BacktalkError, CaptionFileError, TranscriptUnavailableError
 from backtalk.ingest.captions import read_caption_file
 from backtalk.ingest.chunking import Chunk, chunk_segments
-from backtalk.ingest.segments import Segment
+from backtalk.ingest.segments import Segment, clean_title
 from backtalk.ingest.sources import CaptionFileSource, Source, YouTubeSource
 from backtalk.ingest.youtube import YouTubeProxy, fetch_youtube_transcript
 from backtalk.store.embedders import Embedder
@@ -47,8 +47,10 @@ class IngestOutcome:
     Parameters:
         source: The input.
         status: ``added``/``updated`` (written), ``unchanged`` (same transcript already
-            stored: no embedding calls), ``present`` (already in the library, not
-            re-fetched), ``failed`` (see ``error``), ``skipped`` (batch stopped early).
+            stored: no embedding calls; or stored by another process while this one
+            was embedding it: nothing written twice), ``present`` (already in the
+            library, not re-fetched), ``failed`` (see ``error``), ``skipped`` (batch
+            stopped early).
         title: The video's title, when known.
         chunks: Chunks stored for it.
         error: Why it failed or was skipped.
@@ -257,7 +259,10 @@ def _ingest_one(
     report("fetch", 0, 1)
     fetched = _fetch(source, languages, proxy)
     chunks = chunk_segments(fetched.segments, target_s=target_s, max_s=max_s)
-    title = fetched.video["title"]
+    # Titles reach the LLM's instructions and the listener's ears: cleaned like text.
+    title = clean_title(fetched.video["title"]) or _fallback_title(source)
+    channel = clean_title(fetched.video["channel"]) if fetched.video["channel"] else None
+    fetched.video.update(title=title, channel=channel or None)
     if not chunks:
         error: BacktalkError = (
             TranscriptUnavailableError(source.key, "The transcript has no speech.", "")
@@ -279,11 +284,20 @@ def _ingest_one(
     report("embed", len(texts), len(texts))
     embeddings = np.concatenate(parts)
     duration = max(c.end_s for c in chunks)
-    store.replace_video(
+    written = store.replace_video(
         VideoRow(transcript_hash=digest, duration_s=duration, **fetched.video),
         [ChunkRow(c.text, c.start_s, c.end_s) for c in chunks],
         embeddings,
         embedding_model=embedder.model,
+        skip_if_current=True,
     )
     report("store", 1, 1)
+    if written is None:  # another process stored this very transcript meanwhile
+        return IngestOutcome(source, "unchanged", title, len(chunks))
     return IngestOutcome(source, "updated" if previous else "added", title, len(chunks))
+
+
+def _fallback_title(source: Source) -> str:
+    if isinstance(source, YouTubeSource):
+        return f"YouTube video {source.video_id}"
+    return source.key

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from backtalk.errors import StoreError
+from backtalk.errors import ConfigError, StoreError
 
 __all__ = [
+    "MIGRATION_LOCK",
     "embedded_url",
     "make_async_engine",
     "make_engine",
@@ -67,10 +69,22 @@ def embedded_url(pgdata: Path) -> URL:
     return _with_driver(server.get_uri())
 
 
+_URL_SHAPE = "postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+
+
 def _with_driver(url: str) -> URL:
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    # Messages never quote the URL: it may hold a password.
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"DATABASE_URL is not a database URL; expected {_URL_SHAPE}.") from None
     if parsed.drivername in ("postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername.split("+")[0] != "postgresql":
+        raise ConfigError(
+            f"DATABASE_URL names a {parsed.get_backend_name()!r} database; Backtalk needs "
+            f"Postgres with pgvector: {_URL_SHAPE}."
+        )
     return parsed
 
 
@@ -84,6 +98,11 @@ def resolve_url(database_url: str | None, data_dir: Path) -> URL:
 
     Returns:
         A SQLAlchemy URL with the psycopg 3 driver.
+
+    Raises:
+        ConfigError: ``database_url`` is not a Postgres URL (the message does not
+            quote it: it may hold a password).
+        StoreError: the embedded server did not start.
     """
     if database_url:
         return _with_driver(database_url)
@@ -149,8 +168,19 @@ def make_retrieval_engine(
     )
 
 
+#: The advisory lock (``pg_advisory_xact_lock(hashtext(...))``) under which the schema
+#: is migrated, so that processes starting at once on a new database take turns.
+MIGRATION_LOCK = "backtalk:migrate"
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema up to the newest Alembic revision (no-op when current).
+
+    Runs in one transaction holding :data:`MIGRATION_LOCK`: two processes starting
+    at once on an empty database (two ``backtalk ingest`` in two terminals) take
+    turns, and the second finds the schema current, instead of both running
+    ``CREATE EXTENSION``/``CREATE TABLE`` and one failing on a unique violation
+    (reliability case I3).
 
     Args:
         engine: A synchronous engine.
@@ -165,6 +195,9 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     try:
         with engine.begin() as connection:
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": MIGRATION_LOCK}
+            )
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     except Exception as exc:

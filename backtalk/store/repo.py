@@ -34,7 +34,9 @@ from backtalk.store.models import (
 )
 
 __all__ = [
+    "EMBEDDER_LOCK",
     "KEY_PREFIX",
+    "VIDEO_LOCK",
     "ApiKeyInfo",
     "ChunkRow",
     "ConversationRecord",
@@ -50,6 +52,11 @@ __all__ = [
 
 _META_MODEL = "embedding_model"
 _META_DIMENSIONS = "embedding_dimensions"
+#: Advisory locks (``pg_advisory_xact_lock(hashtext(...))``) a video write holds: the
+#: store-wide one while the embedding model is checked (and fixed by a first ingest),
+#: then the video's own, :data:`VIDEO_LOCK` formatted with its key.
+EMBEDDER_LOCK = "backtalk:embedder"
+VIDEO_LOCK = "video:{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +339,7 @@ class Store:
             raise EmbedderMismatchError(info[0], info[1], model, dimensions)
 
     def _bind_embedder(self, conn: Connection, model: str, dimensions: int) -> bool:
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('backtalk:embedder'))"))
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": EMBEDDER_LOCK})
         meta = dict(conn.execute(select(StoreMeta.key, StoreMeta.value)).all())
         if _META_MODEL in meta:
             if (meta[_META_MODEL], int(meta[_META_DIMENSIONS])) != (model, dimensions):
@@ -370,17 +377,26 @@ class Store:
         embeddings: np.ndarray,
         *,
         embedding_model: str,
-    ) -> int:
+        skip_if_current: bool = False,
+    ) -> int | None:
         """Insert or replace a video and all its chunks, in one transaction.
+
+        The transaction holds a per-video advisory lock, so two processes writing the
+        same video take turns; readers see the old version until it commits. Chunk
+        keys ``(video_id, ordinal)`` are positions in ``chunks``, written after the
+        video's old chunks are deleted, so one write cannot repeat a key.
 
         Args:
             video: The video's metadata.
             chunks: Its chunks, in order (``ordinal`` = position).
             embeddings: ``(len(chunks), dimensions)`` float32, one row per chunk.
             embedding_model: The embedder's model id, checked against the store's.
+            skip_if_current: Write nothing if, once the video's lock is held, the store
+                already has this ``transcript_hash`` for it (another process stored
+                the same transcript meanwhile).
 
         Returns:
-            The video's ``videos.id``.
+            The video's ``videos.id``; None when ``skip_if_current`` found it current.
 
         Raises:
             EmbedderMismatchError: the store holds another model's vectors.
@@ -404,8 +420,15 @@ class Store:
             with self.engine.begin() as conn:
                 first = self._bind_embedder(conn, embedding_model, int(embeddings.shape[1]))
                 conn.execute(
-                    text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"video:{video.key}"}
+                    text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                    {"k": VIDEO_LOCK.format(key=video.key)},
                 )
+                if skip_if_current:
+                    stored = conn.execute(
+                        select(Video.transcript_hash).where(Video.key == video.key)
+                    ).scalar()
+                    if stored == video.transcript_hash:
+                        return None
                 upsert = pg_insert(Video).values(**values)
                 upsert = upsert.on_conflict_do_update(
                     index_elements=[Video.key],

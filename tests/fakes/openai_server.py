@@ -128,7 +128,14 @@ class FakeOpenAI(ThreadedAiohttpServer):
             ``role`` chunk is sent together with the first token, not before it.
         token_interval_s: Seconds between streamed tokens.
         embedding_dim: Vector length when the request has no ``dimensions``.
-        embedding_delay_s: Seconds each embeddings request takes.
+        embedding_delay_s: Seconds each embeddings request takes (only the requests
+            ``embedding_delay_when`` selects, when it is set).
+        embedding_delay_when: ``(inputs: list[str]) -> bool``, called in the server
+            thread with each embeddings request's input texts: True delays that
+            request by ``embedding_delay_s``. None: every request is delayed.
+        embedding_fail_when: ``(inputs: list[str]) -> bool``: True answers that
+            embeddings request with ``fail_status`` and an OpenAI error body (every
+            time it is asked, retries included). None: no such failures.
         fail_next: Answer the next N requests (any endpoint) with ``fail_status``.
         fail_status: HTTP status for injected failures (e.g. 500, 429).
 
@@ -149,6 +156,8 @@ class FakeOpenAI(ThreadedAiohttpServer):
         token_interval_s: float = 0.0,
         embedding_dim: int = 1536,
         embedding_delay_s: float = 0.0,
+        embedding_delay_when: Callable[[list[str]], bool] | None = None,
+        embedding_fail_when: Callable[[list[str]], bool] | None = None,
         fail_next: int = 0,
         fail_status: int = 500,
     ) -> None:
@@ -158,6 +167,8 @@ class FakeOpenAI(ThreadedAiohttpServer):
         self.token_interval_s = token_interval_s
         self.embedding_dim = embedding_dim
         self.embedding_delay_s = embedding_delay_s
+        self.embedding_delay_when = embedding_delay_when
+        self.embedding_fail_when = embedding_fail_when
         self._fail_next = fail_next
         self._fail_status = fail_status
         self._chat_requests: list[dict] = []
@@ -372,7 +383,12 @@ class FakeOpenAI(ThreadedAiohttpServer):
         dim = body.get("dimensions") or self.embedding_dim
         if not isinstance(dim, int) or dim < 1:
             return openai_error(400, "'dimensions' must be a positive integer.", param="dimensions")
-        await asyncio.sleep(self.embedding_delay_s)
+        fail_when = self.embedding_fail_when
+        if fail_when is not None and fail_when(texts):
+            return openai_error(self._fail_status, "Injected embeddings failure (FakeOpenAI).")
+        delay_when = self.embedding_delay_when
+        if delay_when is None or delay_when(texts):
+            await asyncio.sleep(self.embedding_delay_s)
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for i, text in enumerate(texts):
