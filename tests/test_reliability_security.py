@@ -494,12 +494,6 @@ def quoted_runs(text: str, protected: list[str], n: int = 8) -> list[str]:
     return [" ".join(r) for i in range(len(said) - n + 1) if (r := tuple(said[i : i + n])) in runs]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RTVI bot-llm-text/bot-transcription carry the LLM's raw tokens, so what "
-    "PromptLeakGuard keeps from the TTS still reaches the client (fix in backtalk/agent: "
-    "report only the guard's output to RTVI; see the reliability report).",
-)
 async def test_S5_S6_instructions_the_guard_blocks_never_reach_the_client(fakes):
     openai, dg = fakes
     openai.reply = lambda request: "Sure. " + request["messages"][0]["content"][:600]

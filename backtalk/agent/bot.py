@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from loguru import logger
-from pipecat.frames.frames import EndFrame, TTSSpeakFrame
-from pipecat.observers.base_observer import BaseObserver
+from pipecat.frames.frames import EndFrame, LLMTextFrame, TTSSpeakFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
+from pipecat.processors.frameworks.rtvi.observer import RTVIObserver
+from pipecat.processors.frameworks.rtvi.processor import RTVIProcessor
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -84,6 +87,38 @@ def greeting(videos: Sequence[VideoInfo]) -> str:
         )
     titles = ", ".join(f'"{v.title}"' for v in videos[:-1]) + f' and "{videos[-1].title}"'
     return f"Hi! I've watched {titles}. What would you like to talk about?"
+
+
+class _GuardedRTVIObserver(RTVIObserver):
+    """Pipecat's RTVI observer, reporting the LLM's text only as the guard passes it on.
+
+    Pipecat reports every token the LLM service pushes (``bot-llm-text``) before the
+    prompt-leak guard and the citation processor have seen it, so a sentence the guard
+    keeps from the TTS would still reach the client. Text from the LLM service itself is
+    skipped; what the guard pushes on is reported as usual.
+    """
+
+    def __init__(self, rtvi: RTVIProcessor, *, llm: FrameProcessor, **kwargs):
+        super().__init__(rtvi, **kwargs)
+        self._llm = llm
+
+    async def on_push_frame(self, data: FramePushed):
+        """Skip the LLM service's own text frames; report everything else."""
+        if isinstance(data.frame, LLMTextFrame) and data.source is self._llm:
+            return
+        await super().on_push_frame(data)
+
+
+class _GuardedRTVIProcessor(RTVIProcessor):
+    """An RTVI processor whose observer is :class:`_GuardedRTVIObserver`."""
+
+    def __init__(self, *, llm: FrameProcessor, **kwargs):
+        super().__init__(**kwargs)
+        self._llm = llm
+
+    def create_rtvi_observer(self, *, params=None, **kwargs):
+        """The observer that reports the LLM's text only past the guard."""
+        return _GuardedRTVIObserver(self, llm=self._llm, params=params, **kwargs)
 
 
 @dataclass
@@ -244,6 +279,11 @@ async def build_conversation(
         # Pipecat's turn tracking feeds its OpenTelemetry tracing and AudioBufferProcessor,
         # neither used here; each observer costs a task wake-up per frame per processor.
         enable_turn_tracking=False,
+        # Clients see the LLM's words only past the prompt-leak guard. Pipecat's eval
+        # harness judges the model itself, so it gets the raw text.
+        rtvi_processor=(
+            None if transport_name.startswith("eval") else _GuardedRTVIProcessor(llm=stages.llm)
+        ),
     )
     recorder = ConversationRecorder(resources.engine)
     await recorder.start(

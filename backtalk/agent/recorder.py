@@ -18,7 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backtalk.processors.citations import remove_citation_tags
 from backtalk.store.repo import conversation_end, conversation_start, message_insert
 
-__all__ = ["ConversationRecorder"]
+__all__ = ["MAX_UNSAVED", "ConversationRecorder"]
+
+#: Messages kept in memory while the database is unreachable, at most (the oldest go).
+MAX_UNSAVED = 200
 
 
 class ConversationRecorder:
@@ -39,6 +42,7 @@ class ConversationRecorder:
         self._engine = engine
         self._lock = asyncio.Lock()
         self._citations: list[dict] = []
+        self._unsaved: list[tuple] = []
         self.conversation_id: int | None = None
 
     async def start(
@@ -100,17 +104,27 @@ class ConversationRecorder:
         interrupted: bool = False,
         citations: Sequence[dict] | None = None,
     ) -> None:
-        """Append one message (no-op before :meth:`start`)."""
+        """Append one message (no-op before :meth:`start`).
+
+        If the database is unreachable the message is kept (up to
+        :data:`MAX_UNSAVED` of them) and written, in order, with the next one that
+        gets through: an outage costs history nothing if it ends during the call.
+        """
         if self.conversation_id is None:
             return
         async with self._lock:
+            pending = [*self._unsaved, (role, content, interrupted, citations)]
             try:
                 async with self._engine.begin() as conn:
-                    await conn.execute(
-                        message_insert(self.conversation_id, role, content, interrupted, citations)
-                    )
+                    for message in pending:
+                        await conn.execute(message_insert(self.conversation_id, *message))
+                self._unsaved = []
             except SQLAlchemyError as exc:
-                logger.warning(f"Could not save a {role} message: {type(exc).__name__}")
+                self._unsaved = pending[-MAX_UNSAVED:]
+                logger.warning(
+                    f"Could not save the conversation's {role} message ({type(exc).__name__}); "
+                    f"{len(self._unsaved)} message(s) kept to save later"
+                )
 
     async def finish(self) -> None:
         """Mark the conversation ended."""

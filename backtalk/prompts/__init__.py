@@ -6,6 +6,7 @@ videos filled in.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from importlib import resources
 
@@ -80,7 +81,7 @@ def system_instruction(
         Persona text followed by the grounding rules.
     """
     listing = "\n".join(
-        f'- "{title}" ({format_timestamp(duration)} long)' for title, duration in videos
+        f'- "{_quoted(title)}" ({format_timestamp(duration)} long)' for title, duration in videos
     )
     rules = (
         _read("grounding")
@@ -100,3 +101,8 @@ def protected_texts() -> list[str]:
         _read("grounding"),
         *_RETRIEVAL_RULES.values(),
     ]
+
+
+def _quoted(title: str) -> str:
+    """A video title as data inside the system instruction: one line, markup escaped."""
+    return html.escape(" ".join(title.split()), quote=True)
