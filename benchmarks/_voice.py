@@ -387,6 +387,8 @@ def _serve_fakes(config: dict) -> None:
                         )
                     ),
                     last_user_texts=[_last_user(r) for r in chats[-int(body.get("last", 5)) :]],
+                    last_request_messages=len(chats[-1]["messages"]) if chats else 0,
+                    last_request_chars=len(json.dumps(chats[-1]["messages"])) if chats else 0,
                 )
             elif op == "marks":
                 since = float(body.get("since", 0.0))
