@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pgserver
@@ -68,18 +69,29 @@ def pg_server() -> Iterator[pgserver.PostgresServer]:
         shutil.rmtree(pgdata, ignore_errors=True)
 
 
-@pytest.fixture
-def database_url(pg_server: pgserver.PostgresServer) -> Iterator[str]:
-    """URL of a fresh, migrated, empty database; dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
+@contextmanager
+def scratch_database(
+    server: pgserver.PostgresServer, *, prefix: str = "t", migrated: bool = True
+) -> Iterator[str]:
+    """URL of a new database on ``server`` (a copy of the migrated template, or with no
+    schema at all); dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = server.get_uri()
+    template = f" TEMPLATE {TEMPLATE_DB}" if migrated else ""
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+        conn.execute(f"CREATE DATABASE {name}{template}")
     try:
-        yield pg_server.get_uri(name)
+        yield server.get_uri(name)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(pg_server: pgserver.PostgresServer) -> Iterator[str]:
+    """URL of a fresh, migrated, empty database; dropped after the test."""
+    with scratch_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -28,11 +28,9 @@ import signal
 import subprocess
 import sys
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 from browser import (
     PageUnderTest,
@@ -41,7 +39,7 @@ from browser import (
     launch_chromium,
     poll,
 )
-from conftest import TEMPLATE_DB, TRANSCRIPTS
+from conftest import TRANSCRIPTS, scratch_database
 from fakes import FakeDeepgram, FakeOpenAI
 from processes import Output, free_port, http_status, start_backtalk
 from youtube_replay import GRADIENT_CHANNEL, GRADIENT_TITLE, load_snippets, register_video
@@ -163,15 +161,8 @@ def _system_text(request: dict) -> str:
 @pytest.fixture(scope="module")
 def page_database(pg_server) -> Iterator[str]:
     """A fresh migrated database for the module's server (dropped afterwards)."""
-    name = f"t_page_{uuid.uuid4().hex[:10]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    try:
-        yield pg_server.get_uri(name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_server, prefix="t_page") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,13 @@ import signal
 import threading
 import time
 import unicodedata
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 import responses
-from conftest import TRANSCRIPTS, sqlalchemy_url
+from conftest import TRANSCRIPTS, scratch_database, sqlalchemy_url
 from fakes import FakeOpenAI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -163,15 +162,8 @@ def openai_embedder(db_env, monkeypatch):
 @pytest.fixture
 def empty_database(pg_server):
     """URL of a brand-new database with no schema at all (not the migrated template)."""
-    name = f"e_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield pg_server.get_uri(name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_server, prefix="e", migrated=False) as url:
+        yield url
 
 
 # -- I1 --------------------------------------------------------------------------------
