@@ -81,10 +81,31 @@ class Settings(BaseSettings):
         turn_stop_strategy: ``smart_turn`` (Pipecat's smart-turn v3 model behind VAD)
             or ``speech_timeout`` (a fixed silence after the last word).
         turn_speech_timeout_s: silence, seconds, for ``speech_timeout``.
-        interruption_min_words: words the user must say to interrupt the bot while it
-            speaks; 1 interrupts on any speech (VAD), 2+ lets backchannels through.
+        barge_in: ``BACKTALK_BARGE_IN``; what the user's speech over the bot does.
+            ``pause`` (default): the bot's audio pauses within ``barge_in_onset_s`` of
+            speech; a backchannel ("yeah", "mm-hm", noise without words) resumes it
+            where it paused, any other word (or ``barge_in_speech_s`` of speech)
+            interrupts it (:mod:`backtalk.agent.turns`). ``vad``: Pipecat's default,
+            any speech the VAD confirms interrupts at once.
+        barge_in_onset_s: ``BACKTALK_BARGE_IN_ONSET_S``; speech over the bot, seconds
+            of Silero windows at ``vad_confidence`` or above, that pauses it (0.032: one
+            32 ms window; Silero's ``start_secs`` is 0.2, longer than "Wait,"). 0.064
+            pauses ~32 ms later, on two windows.
+        barge_in_speech_s: ``BACKTALK_BARGE_IN_SPEECH_S``; speech over the bot,
+            seconds, that interrupts it even before a word is transcribed (longer than
+            any backchannel: the longest fixture, "Mm-hm.", is 0.9 s).
+        barge_in_resume_s: ``BACKTALK_BARGE_IN_RESUME_S``; if set, seconds after the
+            pause at which the bot goes on while no word of the user's has been
+            transcribed yet (words still interrupt it). Unset (default): it waits for
+            the words, or for the user to fall quiet. Measured trade-off in
+            ``benchmarks/TURN_TAKING.md``.
         smart_turn_stop_secs: the longest silence, seconds, smart-turn waits while it
             scores the turn unfinished.
+        smart_turn_rescore_s: ``BACKTALK_SMART_TURN_RESCORE_S``; while smart-turn
+            scores a turn unfinished, it is asked again every 64 ms of silence until
+            this much silence after the speech, seconds (0: once, at the VAD stop, as
+            Pipecat does; see
+            :class:`~backtalk.agent.turns.RescoringTurnAnalyzerUserTurnStopStrategy`).
         audio_in_frame_s: ``BACKTALK_AUDIO_IN_FRAME_S``; length, seconds, of the input
             audio frames the pipeline gets (the transport's 20 ms frames are joined).
             Unset: 0.032 with Nova, 0.08 with Flux (see :attr:`audio_in_frame`).
@@ -160,12 +181,19 @@ class Settings(BaseSettings):
     vad_start_secs: float = Field(default=0.2, ge=0)
     vad_confidence: float = Field(default=0.7, gt=0, le=1)
     turn_stop_strategy: TurnStopStrategy = "smart_turn"
-    interruption_min_words: int = Field(default=2, ge=1, le=10)
+    barge_in: Literal["pause", "vad"] = "pause"
+    barge_in_onset_s: float = Field(default=0.032, gt=0, le=1.0)
+    barge_in_speech_s: float = Field(default=1.5, gt=0)
+    barge_in_resume_s: float | None = Field(default=None, gt=0)
     turn_speech_timeout_s: float = Field(default=0.6, ge=0)
     #: 1.0 s, not Pipecat's 3.0: measured in benchmarks/end_of_turn.py, a finished
     #: question smart-turn misjudges as unfinished then waits 1.27 s instead of 3.26 s,
     #: with no more mid-sentence cut-offs than at 3.0.
     smart_turn_stop_secs: float = Field(default=1.0, gt=0)
+    #: 0.5 s: on q1 smart-turn v3 says "finished" somewhere in 0.25-0.45 s of silence
+    #: on every frame alignment, and the fragments of the spliced-pause set stay
+    #: "unfinished" (p ≤ 0.07) until 0.6 s (benchmarks/TURN_TAKING.md).
+    smart_turn_rescore_s: float = Field(default=0.5, ge=0)
     audio_in_frame_s: float | None = Field(default=None, ge=0, le=0.5)
 
     # Serving (backtalk serve, backtalk talk --transport daily)

@@ -410,12 +410,21 @@ def _serve_fakes(config: dict) -> None:
                     return c or ""
         return ""
 
+    # Scripted answers (``Fakes(replies=...)``): the first ``(substring, reply)`` whose
+    # substring is in the last user message (case-insensitive) answers it; else ``reply``.
+    scripted = [(str(k).lower(), str(v)) for k, v in config.get("replies", [])]
+
+    def reply(body: dict) -> str:
+        question = _last_user(body).lower()
+        return next((v for k, v in scripted if k in question), oai.reply_default)
+
     oai = MarkedOpenAI(
-        reply=config["reply"],
+        reply=reply if scripted else config["reply"],
         ttft_s=config["llm_ttft_s"],
         token_interval_s=config["token_interval_s"],
         embedding_delay_s=config["embedding_delay_s"],
     )
+    oai.reply_default = config["reply"]
     dg = ScriptedDeepgram(
         final_delay_s=config["stt_final_delay_s"],
         tts_first_audio_s=config["tts_first_audio_s"],
@@ -454,6 +463,7 @@ class Fakes:
         token_interval_s: float = 0.0,
         tts_secs_per_char: float = TTS_SECS_PER_CHAR,
         reply: str = REPLY,
+        replies: Sequence[tuple[str, str]] = (),
         flux_eager_eot_delay_s: float = FLUX_PUBLISHED["flux_eager_eot_delay_s"],
         flux_eot_delay_s: float = FLUX_PUBLISHED["flux_eot_delay_s"],
     ):
@@ -465,6 +475,7 @@ class Fakes:
             "token_interval_s": token_interval_s,
             "tts_secs_per_char": tts_secs_per_char,
             "reply": reply,
+            "replies": [list(pair) for pair in replies],
             # /v2/listen (Flux) only; /v1/listen (Nova) ignores them.
             "flux_eager_eot_delay_s": flux_eager_eot_delay_s,
             "flux_eot_delay_s": flux_eot_delay_s,
@@ -693,10 +704,14 @@ def voice_world(
     *,
     embedder: str = "local",
     reply: str = REPLY,
+    replies: Sequence[tuple[str, str]] = (),
     tts_secs_per_char: float = TTS_SECS_PER_CHAR,
     reuse_env: bool = False,
 ) -> Iterator[World]:
     """Fakes + embedded Postgres + the lecture ingested, and the environment set.
+
+    ``replies``: scripted answers, ``(substring of the question, answer)``; the first
+    match answers, else ``reply``.
 
     With ``reuse_env`` (a child process of a benchmark), the parent's world is used
     as given by the environment (``BENCH_VOICE_WORLD``) and nothing is started.
@@ -713,7 +728,7 @@ def voice_world(
         )
         return
     with (
-        Fakes(reply=reply, tts_secs_per_char=tts_secs_per_char, **delays) as fakes,
+        Fakes(reply=reply, replies=replies, tts_secs_per_char=tts_secs_per_char, **delays) as fakes,
         EmbeddedPostgres() as pg,
         tempfile.TemporaryDirectory(prefix="backtalk-bench-voice-") as data_dir,
     ):

@@ -246,16 +246,19 @@ async def test_flux_turn_resumed_does_not_answer_the_partial_turn(
 # -- 3. a backchannel while the bot speaks -----------------------------------------------
 
 
-async def test_flux_backchannel_does_not_interrupt_the_bot(
+async def test_flux_backchannel_pauses_the_bot_and_it_goes_on(
     flux_env: Settings, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
-    assert flux_env.interruption_min_words == 2
+    """Flux's ``StartOfTurn`` over the bot pauses it; its ``Update`` "Yeah." resumes it."""
+    assert flux_env.barge_in == "pause"
     async with bot_answering_momentum(flux_env, store, fake_openai, fake_deepgram) as s:
+        stages = s.conversation.stages
         requests_before = len(fake_openai.chat_requests)
         said_at = await s.ask(fake_deepgram, AUDIO / "backchannel_yeah.wav", "Yeah.")
         await s.transport.silence(1.0)
         interrupted = s.turns.first("InterruptionFrame", after=said_at - 1.0) is not None
         await wait_until(lambda: not s.output.bot_speaking, 30, "the answer to end")
+        answer_end = s.output.last_audible_at() + 0.05
         # Leave only once Flux has ended the "Yeah." turn: leaving while an eager end of
         # turn is unresolved leaves Pipecat's speculation timer running (see the report).
         await wait_until(
@@ -263,11 +266,18 @@ async def test_flux_backchannel_does_not_interrupt_the_bot(
             TURN_TIMEOUT_S,
             "Flux's EndOfTurn for the backchannel",
         )
-    # Flux heard "Yeah." as a turn; but, as with Nova, a one-word backchannel must not
-    # cut the bot off.
+    # Flux heard "Yeah." as a turn; Backtalk paused the bot for it, and it went on where
+    # it had paused: no interruption, nothing lost.
+    assert stages.barge_in.decisions == ["backchannel"]
+    (pause,) = [(a, b) for a, b in stages.audio_gate.pauses if a >= said_at - 1.0]
+    assert pause[1] is not None
+    print(f"\nflux backchannel: paused for {pause[1] - pause[0]:.2f} s")
     assert not interrupted
     assert fake_deepgram.clears == 0 and fake_openai.cancelled_streams == 0
     assert len(fake_openai.chat_requests) == requests_before
+    played = test_e2e_voice.tts_seconds(s.output, s.answer_at, answer_end)
+    made = test_e2e_voice.synthesised_seconds(fake_deepgram, test_e2e_voice.LONG_ANSWER)
+    assert 0 <= played - made < 0.04 + 1e-6, (played, made)
 
 
 # -- 4. a real barge-in while the bot speaks ----------------------------------------------
@@ -276,12 +286,14 @@ async def test_flux_backchannel_does_not_interrupt_the_bot(
 async def test_flux_user_barges_in_while_the_bot_is_speaking(
     flux_env: Settings, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
-    """ "Wait, stop. Go back to..." over the answer stops the bot and is answered.
+    """ "Wait, stop. Go back to..." over the answer pauses the bot at once, then stops it.
 
-    While the bot speaks, Flux's ``StartOfTurn`` alone does not start a turn (so that a
-    backchannel does not); the interim transcript reaching two words does.
+    Flux's ``StartOfTurn`` (or the local VAD's first syllable) pauses the bot; the
+    ``Update`` "Wait," is no backchannel, so the user's turn starts and interrupts.
     """
     async with bot_answering_momentum(flux_env, store, fake_openai, fake_deepgram) as s:
+        stages = s.conversation.stages
+        await s.transport.silence(1.0)
         onset_at, barge_stopped_at = await s.barge_in(fake_deepgram)
 
         await wait_until(
@@ -291,13 +303,16 @@ async def test_flux_user_barges_in_while_the_bot_is_speaking(
         )
         await s.reply_heard(since=barge_stopped_at, what="the barge-in answer")
 
-    # The bot went quiet soon after the user began talking over it.
-    stopped_at = next(
-        (t for t, e in s.output.speaking_events if e == "stopped" and t >= onset_at), None
-    )
-    assert stopped_at is not None
-    assert stopped_at - onset_at < BARGE_IN_BOUND_S[2], stopped_at - onset_at
-    assert s.turns.first("InterruptionFrame", after=onset_at) is not None
+    # The bot paused soon after the user began, and never went on with that answer.
+    interrupted_at = s.turns.first("InterruptionFrame", after=onset_at)
+    assert interrupted_at is not None
+    pause_at, resume_at = next((a, b) for a, b in stages.audio_gate.pauses if a >= onset_at)
+    print(f"\nflux barge-in: paused {pause_at - onset_at:.3f} s after the first sound")
+    assert pause_at - onset_at < BARGE_IN_BOUND_S["pause"]
+    assert resume_at is not None and resume_at >= interrupted_at
+    after_pause = [w for w in s.output.written if w.audible and pause_at < w.t < interrupted_at]
+    assert len(after_pause) <= 1, after_pause
+    assert stages.barge_in.decisions[-1] == "interruption"
     # The momentum answer's stream and speech were abandoned; the barge-in was answered.
     assert fake_openai.cancelled_streams >= 1
     assert fake_deepgram.clears >= 1

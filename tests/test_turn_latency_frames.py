@@ -119,3 +119,52 @@ async def test_a_turns_own_metrics_are_kept():
     (report,) = await s.settled()
     assert (report.stt_s, report.llm_s, report.tts_s) == (0.25, 0.55, 0.3), report
     assert abs(report.total_s - 1.4) < 1e-6, report  # from the last sound (1.8 s)
+
+
+async def test_withdrawn_inferences_at_word_gaps_do_not_give_the_answer_its_time():
+    # Flux predicts the end of turn at a gap between words (EagerEndOfTurn), the user
+    # goes on (TurnResumed), and the withdrawn inference's partial time to first token
+    # (0.2 s) arrives before the next prediction: it is not the answer's. The answer's
+    # own first token takes 1.5 s.
+    s = Script()
+    await s.push(0.0, VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=T0))
+    await s.push(0.05, UserStartedSpeakingFrame())
+    await s.push(0.05, InterruptionFrame())
+    await s.push(0.6, EagerTranscriptionFrame(text="what does", user_id="", timestamp=""))
+    await s.push(0.6, LLMContextFrame(context=LLMContext()))  # inference A
+    await s.push(0.8, EagerEndOfTurnCancelFrame())  # TurnResumed: A is withdrawn
+    await s.ttfb(0.801, LLM, 0.20)  # A's partial time, as it stops
+    await s.push(2.0, EagerTranscriptionFrame(text="what does it say", user_id="", timestamp=""))
+    await s.push(2.0, LLMContextFrame(context=LLMContext()))  # inference B: the answer
+    await s.push(2.1, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=T0 + 2.1))
+    await s.push(2.4, UserStoppedSpeakingFrame())
+    await s.ttfb(3.5, LLM, 1.5)
+    await s.ttfb(3.52, TTS, 0.01)
+    await s.push(3.53, BotStartedSpeakingFrame())
+
+    (report,) = await s.settled()
+    assert report.llm_s == 1.5, report
+    assert abs(report.total_s - (3.53 - 1.9)) < 1e-6, report  # from the last sound
+
+
+async def test_noise_after_the_release_does_not_restart_the_timing():
+    # The turn is released; a cough reaches the VAD (start and stop) while the answer is
+    # being generated, and starts no turn. The answer is timed from the question.
+    s = Script()
+    await s.push(0.0, VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=T0))
+    await s.push(0.3, UserStartedSpeakingFrame())
+    await s.push(0.3, InterruptionFrame())
+    await s.push(2.0, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=T0 + 2.0))
+    await s.ttfb(2.2, STT, 0.25)
+    await s.push(2.3, UserStoppedSpeakingFrame())
+    await s.push(2.3, LLMContextFrame(context=LLMContext()))
+    await s.push(2.5, VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=T0 + 2.5))
+    await s.push(3.0, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=T0 + 3.0))
+    await s.ttfb(4.8, LLM, 2.5)
+    await s.ttfb(4.81, TTS, 0.01)
+    await s.push(4.82, BotStartedSpeakingFrame())
+
+    (report,) = await s.settled()
+    assert report.llm_s == 2.5, report
+    assert abs(report.total_s - (4.82 - 1.8)) < 1e-6, report
+    assert report.end_of_turn_s is not None and abs(report.end_of_turn_s - 0.5) < 1e-6, report

@@ -14,6 +14,12 @@ Flux). Three things a user with real keys hits:
 * an answer withdrawn before it was heard (the user went on talking) still reports a
   partial time to first token as its service stops, which became the turn's LLM time.
 
+These run on the real pipeline, where when each frame reaches the reporter depends on
+how busy the machine is; every precondition here holds with a core kept busy. The frame
+orders that only a busy machine produces (a withdrawn answer's partial metric just
+after the next answer's context, and so on) are scripted in
+:mod:`test_turn_latency_frames`.
+
 Same harness as :mod:`test_e2e_voice`: everything Backtalk ships, loopback fakes at the
 network edge, real speech into a loopback transport.
 """
@@ -60,8 +66,10 @@ services_env = test_e2e_voice.services_env
 #: an utterance, and with nothing queued it transcribes it as nothing, so no turn starts.
 NOISE_WAV = AUDIO / "q2_why_momentum.wav"
 NOISE_S = 0.5
-#: The fake model's time to first token when the noise must fall inside the answer's wait.
-SLOW_TTFT_S = 1.5
+#: The fake model's time to first token when the noise must fall inside the answer's wait:
+#: the noise (0.5 s) is played once the turn is released, and must be over before the
+#: answer is heard, with room for a busy machine to deliver the microphone's frames late.
+SLOW_TTFT_S = 2.5
 #: How much earlier than the user's last sound (as played) the report may start: Silero
 #: VAD's estimate (its stop minus ``stop_secs``) runs ~60 ms late, so the report's total
 #: is a little shorter than what the test measures; 0.25 s bounds that with room, and is
@@ -74,11 +82,21 @@ def stt_service(request) -> str:
     return request.param
 
 
+#: Flux's eager end of turn after the last sound, seconds, for the test that needs an
+#: answer faster than the VAD's stop (passed to the ``fake_deepgram`` fixture). The
+#: others keep the fake's 0.25 s: with 0.05 s Flux also predicts the end of turn at the
+#: gaps between q1's words and withdraws it, and the order in which those withdrawn
+#: answers' partial metrics and the next answer's context reach the reporter then
+#: depends on how busy the machine is; those orders are scripted in
+#: ``test_turn_latency_frames``, one by one.
+FAST_EAGER_EOT_S = 0.05
+
+
 @pytest.fixture
-def fake_deepgram() -> FakeDeepgram:
-    # Flux's eager end of turn 50 ms after the last sound, its EndOfTurn at 0.45 s (the
-    # fake's default); Nova does not use either.
-    with FakeDeepgram(tts_secs_per_char=TTS_SECS_PER_CHAR, flux_eager_eot_delay_s=0.05) as fake:
+def fake_deepgram(request) -> FakeDeepgram:
+    # Flux's EndOfTurn at 0.45 s (the fake's default); Nova does not use either delay.
+    eager = getattr(request, "param", 0.25)
+    with FakeDeepgram(tts_secs_per_char=TTS_SECS_PER_CHAR, flux_eager_eot_delay_s=eager) as fake:
         yield fake
 
 
@@ -110,6 +128,7 @@ async def released(s: Session, since: float) -> float:
     )
 
 
+@pytest.mark.parametrize("fake_deepgram", [FAST_EAGER_EOT_S], indirect=True, ids=["eager-0.05"])
 async def test_flux_answer_faster_than_the_vad_stop_is_reported(
     monkeypatch, services_env, fake_openai: FakeOpenAI, fake_deepgram: FakeDeepgram, store: Store
 ):
@@ -173,10 +192,10 @@ async def test_noise_after_the_question_does_not_restart_the_timing(
     if settings.stt_service == "deepgram":
         assert unscripted >= 1  # the recogniser heard it, as nothing
     else:
-        # With the eager end of turn 50 ms after each sound, Flux predicted the end of
-        # turn at gaps between q1's words and withdrew it (TurnResumed): those withdrawn
-        # inferences report partial times to first token, which must not be the turn's.
-        assert "TurnResumed" in [e for e, _ in fake_deepgram.flux_events()]
+        # Flux answered the question on its eager end of turn, then confirmed it; the
+        # noise, with nothing to transcribe, started no Flux turn.
+        events = [e for e, _ in fake_deepgram.flux_events()]
+        assert events.count("StartOfTurn") == 1 and "EagerEndOfTurn" in events
     # One answer, timed from the question.
     report = the_turn(turn)
     assert report.llm_s >= SLOW_TTFT_S, report

@@ -6,7 +6,13 @@
       → user aggregator (Silero VAD, turn strategies) → [microphone audio stops here]
       → RAG context processor → OpenAI LLM → prompt-leak guard → citation processor
       → Deepgram TTS
-      → transport.output() → assistant aggregator
+      → transport.output() [audio gate: pauses the bot when the user cuts in]
+      → heard-text processor → assistant aggregator
+
+Turn-taking (:mod:`backtalk.agent.turns`): while the bot speaks, the user aggregator's
+barge-in strategy pauses the bot's audio at the output transport on the user's first
+syllable, and resumes it for a backchannel or yields the turn for a real interruption;
+the heard-text processor keeps the assistant's context message to what was played.
 
 Swapping a service or a VAD/turn parameter is a setting (see
 :mod:`backtalk.agent.services`), not a code change here.
@@ -31,13 +37,20 @@ from pipecat.processors.filters.function_filter import FunctionFilter
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import LLMService
 from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from backtalk.agent.personas import register_persona_tool
 from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
+from backtalk.agent.turns import (
+    BargeInUserTurnStartStrategy,
+    OutputAudioGate,
+    install_output_audio_gate,
+)
 from backtalk.config import Settings
 from backtalk.processors import RAGContextProcessor, Retriever
-from backtalk.processors.citations import CitationProcessor
+from backtalk.processors.citations import CitationProcessor, remove_citation_tags
 from backtalk.processors.guard import PromptLeakGuard
+from backtalk.processors.heard_text import HeardTextProcessor
 from backtalk.processors.playhead import Playhead, PlayheadRetriever, TimeIndex
 from backtalk.processors.search_tool import register_search_tool
 from backtalk.processors.speculative import SpeculativeRetrievalTap, SpeculativeRetriever
@@ -53,10 +66,15 @@ class BotStages:
     Parameters:
         context: The conversation's shared LLM context.
         stages: ``(name, processor)`` in the order frames flow.
+        audio_gate: What pauses the bot's audio at the output transport (None with
+            ``barge_in == "vad"``, or a transport without ``TransportParams``).
+        turn_strategies: The user aggregator's turn strategies.
     """
 
     context: LLMContext
     stages: list[tuple[str, FrameProcessor]]
+    audio_gate: OutputAudioGate | None = None
+    turn_strategies: UserTurnStrategies | None = None
 
     def __getitem__(self, name: str) -> FrameProcessor:
         """The stage called ``name`` (``stt``, ``user``, ``rag``, ``llm``, ...)."""
@@ -81,6 +99,17 @@ class BotStages:
     def citations(self) -> CitationProcessor:
         """The citation processor."""
         return self["citations"]  # type: ignore[return-value]
+
+    @property
+    def barge_in(self) -> BargeInUserTurnStartStrategy | None:
+        """The strategy that decides speech over the bot (None with ``barge_in == "vad"``)."""
+        starts = self.turn_strategies.start if self.turn_strategies else None
+        return next((s for s in starts or [] if isinstance(s, BargeInUserTurnStartStrategy)), None)
+
+    @property
+    def heard(self) -> HeardTextProcessor:
+        """The processor that lets the bot's words into the context as they are played."""
+        return self["heard"]  # type: ignore[return-value]
 
     @property
     def llm(self) -> LLMService:
@@ -149,12 +178,13 @@ def build_stages(
             )
         )
     context = LLMContext(tools=ToolsSchema(standard_tools=tools))
+    output = transport.output()
+    vad = make_vad(settings)
+    gate = install_output_audio_gate(output) if settings.barge_in == "pause" else None
+    strategies = make_turn_strategies(settings, vad=vad, gate=gate)
     user, assistant = LLMContextAggregatorPair(
         context,
-        user_params=LLMUserAggregatorParams(
-            vad_analyzer=make_vad(settings),
-            user_turn_strategies=make_turn_strategies(settings),
-        ),
+        user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=strategies),
     )
     inject = settings.retrieval_mode == "inject"
     speculative = SpeculativeRetriever(retriever) if inject and settings.speculate else None
@@ -182,7 +212,8 @@ def build_stages(
         ("guard", PromptLeakGuard(protected_texts())),
         ("citations", CitationProcessor()),
         ("tts", make_tts(settings)),
-        ("output", transport.output()),
+        ("output", output),
+        ("heard", HeardTextProcessor(spoken_text=remove_citation_tags)),
         ("assistant", assistant),
     ]
-    return BotStages(context=context, stages=stages)
+    return BotStages(context=context, stages=stages, audio_gate=gate, turn_strategies=strategies)

@@ -8,40 +8,47 @@ OpenAI-compatible server or a local fake can stand in).
 from __future__ import annotations
 
 import functools
+import json
 
+from loguru import logger
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Frame,
-    ProposedUserStartedSpeakingFrame,
+    InterruptionFrame,
 )
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
-from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start import (
     ExternalUserTurnStartStrategy,
-    MinWordsUserTurnStartStrategy,
     TranscriptionUserTurnStartStrategy,
     VADUserTurnStartStrategy,
 )
-from pipecat.turns.user_stop import (
-    SpeechTimeoutUserTurnStopStrategy,
-    TurnAnalyzerUserTurnStopStrategy,
-)
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies, UserTurnStrategies
 
+from backtalk.agent.turns import (
+    BargeInUserTurnStartStrategy,
+    OutputAudioGate,
+    PrescoringSmartTurnAnalyzer,
+    RescoringTurnAnalyzerUserTurnStopStrategy,
+    SpeechOnsetVADAnalyzer,
+    TranscriptFinalizeFrame,
+)
 from backtalk.config import Settings
 from backtalk.processors.citations import strip_citations
 
 __all__ = [
+    "BargeInDeepgramSTTService",
+    "BargeInDeepgramTTSService",
     "DirectBodyOpenAILLMService",
     "UncompressedDeepgramFluxSTTService",
     "UncompressedDeepgramTTSService",
@@ -122,6 +129,76 @@ class UncompressedDeepgramTTSService(_UncompressedWebsocket, DeepgramTTSService)
     """``DeepgramTTSService`` whose ``/v1/speak`` websocket is not compressed."""
 
 
+class BargeInDeepgramTTSService(UncompressedDeepgramTTSService):
+    """Deepgram TTS that tells Deepgram to stop (``Clear``) whenever the user cuts the bot off.
+
+    Pipecat sends ``{"type": "Clear"}`` on an interruption only while an audio context
+    is still open. Aura synthesises faster than the bot speaks, so by the time a user
+    interrupts, the answer's context has usually been flushed (``Flushed`` received)
+    and Pipecat sends nothing: measured over WebRTC, no ``Clear`` on any interruption
+    (issue 14). This service sends one for every interruption that arrives while the
+    bot is speaking and that Pipecat did not already clear, so Deepgram drops any text
+    or audio still in flight (a ``Speak`` sent just before) and answers ``Cleared``.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._bot_speaking = False
+        self._cleared = False
+        #: ``Clear`` messages this service added to Pipecat's.
+        self.extra_clears = 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Follow the bot's speech; after Pipecat's interruption handling, clear if it did not."""
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+        elif isinstance(frame, InterruptionFrame):
+            self._cleared = False
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame) and self._bot_speaking and not self._cleared:
+            await self._send_clear()
+
+    async def on_audio_context_interrupted(self, context_id: str):
+        """Pipecat's own ``Clear`` (an audio context was still open)."""
+        self._cleared = True
+        await super().on_audio_context_interrupted(context_id)
+
+    async def _send_clear(self) -> None:
+        if not self._websocket:
+            return
+        try:
+            await self._websocket.send(json.dumps({"type": "Clear"}))
+            self.extra_clears += 1
+        except Exception as e:  # the socket closing mid-interruption: nothing to clear
+            logger.warning(f"{self}: could not send Clear ({type(e).__name__})")
+
+
+class BargeInDeepgramSTTService(DeepgramSTTService):
+    """Deepgram Nova that also finalizes on :class:`~backtalk.agent.turns.TranscriptFinalizeFrame`.
+
+    Pipecat's service sends Deepgram's ``Finalize`` when the VAD reports the user
+    stopped (0.2 s after the last sound). While the bot speaks, Backtalk's barge-in
+    decision asks for it after 0.1 s of quiet instead: a "yeah" is then known for a
+    backchannel, and the bot resumes, 0.1 s sooner. The request is the same one
+    Pipecat makes (``request_finalize`` then ``send_finalize``), so the final comes back
+    marked finalized; a later VAD stop's ``Finalize`` finds nothing left and is answered
+    with an empty result, which Pipecat ignores.
+    """
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Finalize on request; everything else as Pipecat's Deepgram service does."""
+        if isinstance(frame, TranscriptFinalizeFrame):
+            if self._connection:
+                from deepgram.listen.v1.types import ListenV1Finalize
+
+                self.request_finalize()
+                await self._connection.send_finalize(ListenV1Finalize(type="Finalize"))
+            return
+        await super().process_frame(frame, direction)
+
+
 def make_stt(settings: Settings) -> STTService:
     """Deepgram streaming STT with interim results.
 
@@ -132,7 +209,9 @@ def make_stt(settings: Settings) -> STTService:
     ends (its recommended strategies apply). ``BACKTALK_DEEPGRAM_BASE_URL`` (e.g.
     ``ws://127.0.0.1:8080``) replaces Deepgram's endpoint for both. Neither audio
     websocket is compressed (:func:`listen_without_compression`,
-    :class:`UncompressedDeepgramFluxSTTService`).
+    :class:`UncompressedDeepgramFluxSTTService`). Nova is
+    :class:`BargeInDeepgramSTTService`: it also finalizes when the barge-in decision
+    asks (:class:`~backtalk.agent.turns.TranscriptFinalizeFrame`).
     """
     if settings.stt_service == "deepgram_flux":
         base = (settings.deepgram_base_url or "wss://api.deepgram.com").rstrip("/")
@@ -142,7 +221,7 @@ def make_stt(settings: Settings) -> STTService:
             enable_eager_end_of_turn=True,
         )
     listen_without_compression()
-    return DeepgramSTTService(
+    return BargeInDeepgramSTTService(
         api_key=settings.secret("deepgram_api_key") or "",
         base_url=settings.deepgram_base_url or "",
         ttfs_p99_latency=STT_FINAL_WAIT_S,
@@ -206,10 +285,11 @@ def make_tts(settings: Settings) -> DeepgramTTSService:
     """Deepgram Aura streaming TTS (``/v1/speak`` websocket), without citation tags.
 
     Citation tags are removed from the text before it is spoken; the websocket is
-    opened without compression (:class:`UncompressedDeepgramTTSService`).
+    opened without compression (:class:`UncompressedDeepgramTTSService`), and every
+    interruption of the bot's speech clears Deepgram (:class:`BargeInDeepgramTTSService`).
     """
     kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
-    return UncompressedDeepgramTTSService(
+    return BargeInDeepgramTTSService(
         api_key=settings.secret("deepgram_api_key") or "",
         settings=DeepgramTTSService.Settings(voice=settings.tts_voice),
         text_transforms=[("*", strip_citations)],
@@ -217,9 +297,14 @@ def make_tts(settings: Settings) -> DeepgramTTSService:
     )
 
 
-def make_vad(settings: Settings) -> SileroVADAnalyzer:
-    """Silero VAD (ONNX model bundled with Pipecat; runs on the CPU, offline)."""
-    return SileroVADAnalyzer(
+def make_vad(settings: Settings) -> SpeechOnsetVADAnalyzer:
+    """Silero VAD (ONNX model bundled with Pipecat; runs on the CPU, offline).
+
+    :class:`~backtalk.agent.turns.SpeechOnsetVADAnalyzer`: Pipecat's Silero analyzer,
+    which also reports the length of the current run of speech windows, for the
+    barge-in decision.
+    """
+    return SpeechOnsetVADAnalyzer(
         params=VADParams(
             confidence=settings.vad_confidence,
             start_secs=settings.vad_start_secs,
@@ -228,68 +313,70 @@ def make_vad(settings: Settings) -> SileroVADAnalyzer:
     )
 
 
-class QuietBotProposalStartStrategy(ExternalUserTurnStartStrategy):
-    """Flux's ``StartOfTurn`` starts a user turn at once, unless the bot is speaking.
+def make_turn_strategies(
+    settings: Settings,
+    *,
+    vad: SpeechOnsetVADAnalyzer | None = None,
+    gate: OutputAudioGate | None = None,
+) -> UserTurnStrategies:
+    """When a user turn starts (and what speech over the bot does) and when it ends.
 
-    Flux proposes a turn start on the first word it hears, so "yeah" or "mm-hm" over
-    the bot's answer would cut it off. While the bot speaks, this strategy leaves the
-    proposal to the strategies after it (``MinWordsUserTurnStartStrategy``: the
-    interim transcript must reach ``interruption_min_words``), as on Nova.
+    Start, ``barge_in == "pause"`` (the default): first
+    :class:`~backtalk.agent.turns.BargeInUserTurnStartStrategy` — while the bot speaks,
+    the user's first ``barge_in_onset_s`` of speech pause its audio (``gate``, read
+    from ``vad``), backchannels resume it, other words interrupt it. When the bot is
+    silent, a transcribed word starts the turn (Nova), or Flux's ``StartOfTurn`` does:
+    noise after a question does not cancel its answer. ``"vad"``: Pipecat's defaults,
+    any speech the VAD confirms (or a transcription) starts the turn and interrupts.
+
+    Stop: ``smart_turn`` — smart-turn v3 scores the audio 0.13 s into the silence,
+    while the VAD waits out its ``stop_secs``
+    (:class:`~backtalk.agent.turns.PrescoringSmartTurnAnalyzer`, with ``vad``), and,
+    while it says unfinished, again every 64 ms of silence up to
+    ``smart_turn_rescore_s``
+    (:class:`~backtalk.agent.turns.RescoringTurnAnalyzerUserTurnStopStrategy`); the
+    turn ends at the VAD stop on a "finished", or after ``smart_turn_stop_secs`` of
+    silence.
+    ``speech_timeout`` — a fixed ``turn_speech_timeout_s`` of silence. Flux
+    (``stt_service == "deepgram_flux"``): Flux's own turn events, answered on its eager
+    end of turn (Pipecat's ``EagerUserTurnStrategies``).
+
+    Args:
+        settings: Turn detection and barge-in settings.
+        vad: The VAD the user aggregator runs (its speech runs time the pause).
+        gate: The output transport's audio gate (what pauses the bot).
     """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._bot_speaking = False
-
-    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
-        """Track the bot's speech; resolve proposals only while it is silent."""
-        if isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking = True
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_speaking = False
-        elif isinstance(frame, ProposedUserStartedSpeakingFrame) and self._bot_speaking:
-            return ProcessFrameResult.CONTINUE
-        return await super().process_frame(frame)
-
-
-def make_turn_strategies(settings: Settings) -> UserTurnStrategies:
-    """When a user turn starts (barge-in) and when it ends.
-
-    Start: with ``interruption_min_words`` ≤ 1, VAD speech or a transcription, both
-    interrupting the bot at once. Above 1 (the default is 2), Pipecat's
-    ``MinWordsUserTurnStartStrategy``: while the bot speaks, the user's turn starts
-    only once the interim transcript has that many words, so a backchannel
-    ("mm-hm", "yeah") does not cut the bot off while "wait, stop" does; when the bot
-    is silent one word starts the turn.
-    Stop: ``smart_turn`` — Pipecat's smart-turn v3 model scores the audio after VAD
-    stops and ends the turn when it sounds finished, or after
-    ``smart_turn_stop_secs`` of silence; ``speech_timeout`` — a fixed
-    ``turn_speech_timeout_s`` of silence.
-    Flux (``stt_service == "deepgram_flux"``): Flux's own turn events, answered on its
-    eager end of turn (Pipecat's ``EagerUserTurnStrategies``); while the bot speaks,
-    a turn starts only at ``interruption_min_words`` words, as above.
-    """
+    barge_in = (
+        [
+            BargeInUserTurnStartStrategy(
+                vad=vad,
+                gate=gate,
+                onset_s=settings.barge_in_onset_s,
+                interruption_s=settings.barge_in_speech_s,
+                resume_without_words_s=settings.barge_in_resume_s,
+            )
+        ]
+        if settings.barge_in == "pause"
+        else []
+    )
     if settings.stt_service == "deepgram_flux":
-        # Flux detects turns itself: Pipecat's eager strategies (answer the predicted
-        # end of turn, keep the answer if the committed transcript matches), with
-        # backchannel-tolerant starts as on Nova.
         flux = EagerUserTurnStrategies()
-        if settings.interruption_min_words > 1:
-            flux.start = [
-                QuietBotProposalStartStrategy(),
-                MinWordsUserTurnStartStrategy(min_words=settings.interruption_min_words),
-            ]
+        flux.start = [*barge_in, ExternalUserTurnStartStrategy()]
         return flux
     if settings.turn_stop_strategy == "speech_timeout":
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=settings.turn_speech_timeout_s)
     else:
-        stop = TurnAnalyzerUserTurnStopStrategy(
-            turn_analyzer=LocalSmartTurnAnalyzerV3(
-                params=SmartTurnParams(stop_secs=settings.smart_turn_stop_secs)
-            )
+        params = SmartTurnParams(stop_secs=settings.smart_turn_stop_secs)
+        stop = RescoringTurnAnalyzerUserTurnStopStrategy(
+            turn_analyzer=(
+                PrescoringSmartTurnAnalyzer(vad=vad, params=params)
+                if vad is not None
+                else LocalSmartTurnAnalyzerV3(params=params)
+            ),
+            rescore_until_s=settings.smart_turn_rescore_s,
         )
-    if settings.interruption_min_words > 1:
-        start = [MinWordsUserTurnStartStrategy(min_words=settings.interruption_min_words)]
+    if barge_in:
+        start = [*barge_in, TranscriptionUserTurnStartStrategy()]
     else:
         start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
     return UserTurnStrategies(start=start, stop=[stop])
