@@ -35,6 +35,7 @@ from pipecat.turns.user_start import (
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies, UserTurnStrategies
 
+from backtalk.agent.reconnect import DeepgramKeyHint
 from backtalk.agent.turns import (
     BargeInUserTurnStartStrategy,
     OutputAudioGate,
@@ -121,15 +122,20 @@ class _UncompressedWebsocket:
         return await super()._websocket_connect(uri, **kwargs)  # type: ignore[misc]
 
 
-class UncompressedDeepgramFluxSTTService(_UncompressedWebsocket, DeepgramFluxSTTService):
-    """``DeepgramFluxSTTService`` whose ``/v2/listen`` websocket is not compressed."""
+class UncompressedDeepgramFluxSTTService(
+    DeepgramKeyHint, _UncompressedWebsocket, DeepgramFluxSTTService
+):
+    """``DeepgramFluxSTTService`` whose ``/v2/listen`` websocket is not compressed.
+
+    A refused key is also logged naming ``DEEPGRAM_API_KEY`` (:mod:`backtalk.agent.reconnect`).
+    """
 
 
 class UncompressedDeepgramTTSService(_UncompressedWebsocket, DeepgramTTSService):
     """``DeepgramTTSService`` whose ``/v1/speak`` websocket is not compressed."""
 
 
-class BargeInDeepgramTTSService(UncompressedDeepgramTTSService):
+class BargeInDeepgramTTSService(DeepgramKeyHint, UncompressedDeepgramTTSService):
     """Deepgram TTS that tells Deepgram to stop (``Clear``) whenever the user cuts the bot off.
 
     Pipecat sends ``{"type": "Clear"}`` on an interruption only while an audio context
@@ -175,7 +181,7 @@ class BargeInDeepgramTTSService(UncompressedDeepgramTTSService):
             logger.warning(f"{self}: could not send Clear ({type(e).__name__})")
 
 
-class BargeInDeepgramSTTService(DeepgramSTTService):
+class BargeInDeepgramSTTService(DeepgramKeyHint, DeepgramSTTService):
     """Deepgram Nova that also finalizes on :class:`~backtalk.agent.turns.TranscriptFinalizeFrame`.
 
     Pipecat's service sends Deepgram's ``Finalize`` when the VAD reports the user
@@ -185,6 +191,10 @@ class BargeInDeepgramSTTService(DeepgramSTTService):
     Pipecat makes (``request_finalize`` then ``send_finalize``), so the final comes back
     marked finalized; a later VAD stop's ``Finalize`` finds nothing left and is answered
     with an empty result, which Pipecat ignores.
+
+    Reconnecting after a dropped socket, and giving up on a refused key or a flapping
+    socket, are Pipecat's (:mod:`backtalk.agent.reconnect`); a refused key is also
+    logged naming ``DEEPGRAM_API_KEY`` (:class:`~backtalk.agent.reconnect.DeepgramKeyHint`).
     """
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
@@ -287,6 +297,8 @@ def make_tts(settings: Settings) -> DeepgramTTSService:
     Citation tags are removed from the text before it is spoken; the websocket is
     opened without compression (:class:`UncompressedDeepgramTTSService`), and every
     interruption of the bot's speech clears Deepgram (:class:`BargeInDeepgramTTSService`).
+    A dropped socket is reconnected at once by Pipecat; a refused key makes the service
+    unusable and is logged naming ``DEEPGRAM_API_KEY`` (:mod:`backtalk.agent.reconnect`).
     """
     kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
     return BargeInDeepgramTTSService(

@@ -132,6 +132,14 @@ class FakeDeepgram(ThreadedAiohttpServer):
     ``unscripted_utterances`` and ``pending_transcripts``; for ``/v2/listen``:
     ``flux_connections``, ``flux_queries``, ``flux_control``, ``flux_sent``,
     ``flux_audio_bytes_received`` and ``flux_audio_messages``.
+
+    Faults (none by default; ``path`` is ``"/v1/listen"``, ``"/v2/listen"`` or
+    ``"/v1/speak"``): :meth:`drop` closes the open sockets of a path now, or after
+    their next N messages, with a close code (1011) or with none at all (1006: the
+    TCP connection is aborted); :meth:`refuse` answers the next N handshakes with
+    HTTP 401 (or another status) and Deepgram's ``dg-error`` header; :meth:`flap`
+    accepts the next N connections and closes them (1011) T seconds later.
+    :meth:`connection_attempts` counts handshakes per path, refused ones included.
     """
 
     def __init__(
@@ -156,6 +164,12 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self.flux_eot_delay_s = flux_eot_delay_s
         self._transcripts: deque[str] = deque(transcripts)
         self._sockets: set[web.WebSocketResponse] = set()
+        #: Open sockets by path, each with the messages it may still receive before
+        #: it is dropped (None: no drop armed) and the close code to drop it with.
+        self._open_sockets: dict[web.WebSocketResponse, list] = {}
+        self._refusals: dict[str | None, list] = {}  # path (None: any) -> [n, status]
+        self._flaps: dict[str | None, list] = {}  # path (None: any) -> [n, after_s]
+        self._fault_tasks: set[asyncio.Task] = set()
         self._reset_records()
 
     def _reset_records(self) -> None:
@@ -176,6 +190,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self._flux_control: list[dict] = []
         self._flux_sent: list[dict] = []
         self._flux_audio_messages: list[int] = []
+        self._attempts: dict[str, int] = {}
 
     # -- scripting and recorded state (thread-safe) -------------------------------------
 
@@ -194,6 +209,85 @@ class FakeDeepgram(ThreadedAiohttpServer):
         with self._lock:
             self._transcripts.clear()
             self._reset_records()
+
+    def connection_attempts(self, path: str) -> int:
+        """Websocket handshakes attempted on ``path``, refused ones included."""
+        with self._lock:
+            return self._attempts.get(path, 0)
+
+    def refuse(self, n: int = 1, *, status: int = 401, path: str | None = None) -> None:
+        """Refuse the next ``n`` handshakes (on ``path``, or on any) with HTTP ``status``
+        (401 or 403) and a ``dg-error`` header, as Deepgram does."""
+        with self._lock:
+            self._refusals[path] = [n, status]
+
+    def flap(self, n: int = 1, *, after_s: float = 0.2, path: str | None = None) -> None:
+        """Accept the next ``n`` connections (on ``path``, or any), then close each
+        with 1011 ``after_s`` seconds later."""
+        with self._lock:
+            self._flaps[path] = [n, after_s]
+
+    def drop(self, path: str, *, code: int = 1011, after_messages: int = 0) -> int:
+        """Drop the open sockets of ``path``: now, or once each has received
+        ``after_messages`` more messages. ``code`` 1006 aborts the TCP connection
+        without a close frame (what a network failure looks like); any other code
+        is sent in a close frame. Returns how many sockets were armed or dropped."""
+        with self._lock:
+            targets = [ws for ws, state in self._open_sockets.items() if state[0] == path]
+            for ws in targets:
+                self._open_sockets[ws][1:3] = [after_messages, code]
+        if after_messages == 0 and self._loop is not None:
+            # Not waited for: the close handshake needs the client's loop, which may
+            # be the caller's.
+            for ws in targets:
+                asyncio.run_coroutine_threadsafe(self._close(ws, code), self._loop)
+        return len(targets)
+
+    async def _close(self, ws: web.WebSocketResponse, code: int) -> None:
+        with self._lock:
+            state = self._open_sockets.get(ws)
+        if state is None:
+            return
+        if code == 1006:
+            transport = state[3].transport
+            if transport is not None:
+                transport.abort()
+        else:
+            await ws.close(code=code, message=b"fake fault")
+
+    def _close_later(self, ws: web.WebSocketResponse, after_s: float) -> None:
+        async def close() -> None:
+            await asyncio.sleep(after_s)
+            await self._close(ws, 1011)
+
+        task = asyncio.create_task(close())
+        self._fault_tasks.add(task)
+        task.add_done_callback(self._fault_tasks.discard)
+
+    def _forget(self, ws: web.WebSocketResponse) -> None:
+        self._sockets.discard(ws)
+        with self._lock:
+            self._open_sockets.pop(ws, None)
+
+    async def _count_message(self, ws: web.WebSocketResponse) -> bool:
+        """Count a message received on ``ws``; drop it if a drop is due. True if dropped."""
+        with self._lock:
+            state = self._open_sockets.get(ws)
+            if state is None or state[1] is None:
+                return False
+            state[1] -= 1
+            due, code = state[1] <= 0, state[2]
+        if due:
+            await self._close(ws, code)
+        return due
+
+    def _take_fault(self, faults: dict[str | None, list], path: str) -> list | None:
+        for key in (path, None):
+            fault = faults.get(key)
+            if fault and fault[0] > 0:
+                fault[0] -= 1
+                return fault
+        return None
 
     pending_transcripts = _recorded("_transcripts", "Queued transcripts not yet used.")
     listen_connections = _recorded("_listen_connections", "Accepted /v1/listen sockets.")
@@ -286,21 +380,32 @@ class FakeDeepgram(ThreadedAiohttpServer):
         """Check ``Authorization: Token <key>`` and complete the websocket handshake."""
         auth = request.headers.get("Authorization", "")
         with self._lock:
+            self._attempts[request.path] = self._attempts.get(request.path, 0) + 1
+            refusal = self._take_fault(self._refusals, request.path)
+            flap = self._take_fault(self._flaps, request.path)
             self._auth_headers.append(auth)
             self._extension_offers.append(
                 (request.path, request.headers.get("Sec-WebSocket-Extensions", ""))
             )
         scheme, _, key = auth.partition(" ")
-        if scheme not in ("Token", "Bearer") or not key.strip():
+        if refusal is not None or scheme not in ("Token", "Bearer") or not key.strip():
+            status = refusal[1] if refusal is not None else 401
             body = {
-                "err_code": "INVALID_AUTH",
-                "err_msg": "Invalid credentials.",
+                "err_code": "INVALID_AUTH" if status == 401 else "FORBIDDEN",
+                "err_msg": "Invalid credentials." if status == 401 else "Forbidden.",
                 "request_id": str(uuid.uuid4()),
             }
-            raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json")
+            # An injected refusal also carries Deepgram's reason header.
+            headers = {"dg-error": body["err_msg"]} if refusal is not None else None
+            error = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
+            raise error(text=json.dumps(body), content_type="application/json", headers=headers)
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
         self._sockets.add(ws)
+        with self._lock:
+            self._open_sockets[ws] = [request.path, None, 1011, request]
+        if flap is not None:
+            self._close_later(ws, flap[1])
         return ws
 
     async def _listen(self, request: web.Request) -> web.WebSocketResponse:
@@ -318,6 +423,8 @@ class FakeDeepgram(ThreadedAiohttpServer):
 
         try:
             async for msg in ws:
+                if await self._count_message(ws):
+                    break
                 if msg.type == WSMsgType.BINARY:
                     with self._lock:
                         self._audio_bytes_received += len(msg.data)
@@ -341,7 +448,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
         finally:
             for task in list(tasks):
                 task.cancel()
-            self._sockets.discard(ws)
+            self._forget(ws)
         return ws
 
     async def _flux(self, request: web.Request) -> web.WebSocketResponse:
@@ -361,6 +468,8 @@ class FakeDeepgram(ThreadedAiohttpServer):
         try:
             await send([recogniser.connected()])
             async for msg in ws:
+                if await self._count_message(ws):
+                    break
                 if msg.type == WSMsgType.BINARY:
                     with self._lock:
                         self._flux_audio_messages.append(len(msg.data))
@@ -391,7 +500,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
                     await ws.close()
                     break
         finally:
-            self._sockets.discard(ws)
+            self._forget(ws)
         return ws
 
     async def _speak(self, request: web.Request) -> web.WebSocketResponse:
@@ -411,6 +520,8 @@ class FakeDeepgram(ThreadedAiohttpServer):
         )
         try:
             async for msg in ws:
+                if await self._count_message(ws):
+                    break
                 if msg.type != WSMsgType.TEXT:
                     continue
                 message = json.loads(msg.data)
@@ -432,7 +543,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
                     break
         finally:
             await synth.stop()
-            self._sockets.discard(ws)
+            self._forget(ws)
         return ws
 
 

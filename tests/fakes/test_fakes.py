@@ -289,6 +289,59 @@ async def test_websockets_require_authorization(fake_deepgram):
     assert err.value.response.status_code == 401
 
 
+async def test_deepgram_fault_knobs(fake_deepgram):
+    """Refused handshakes, flapping and dropped sockets, and the attempt counts."""
+    listen = f"{fake_deepgram.base_url}/v1/listen?sample_rate=16000"
+    speak = f"{fake_deepgram.base_url}/v1/speak?sample_rate=24000"
+    headers = {"Authorization": "Token dg-test"}
+
+    # The next 2 listen handshakes are refused (401, with Deepgram's dg-error), then
+    # they are accepted again; other paths are not affected.
+    fake_deepgram.refuse(2, path="/v1/listen")
+    for _ in range(2):
+        with pytest.raises(websockets.InvalidStatus) as err:
+            await websockets.connect(listen, additional_headers=headers)
+        assert err.value.response.status_code == 401
+        assert err.value.response.headers["dg-error"] == "Invalid credentials."
+    fake_deepgram.refuse(1, status=403)
+    with pytest.raises(websockets.InvalidStatus) as err:
+        await websockets.connect(speak, additional_headers=headers)
+    assert err.value.response.status_code == 403
+    async with websockets.connect(listen, additional_headers=headers) as ws:
+        # Dropped on command with a close code...
+        assert fake_deepgram.drop("/v1/listen", code=1011) == 1
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(ws.recv(), 2)
+        assert closed.value.rcvd.code == 1011
+    async with websockets.connect(listen, additional_headers=headers) as ws:
+        # ...or, like a network failure, with none (1006), after 3 more messages.
+        assert fake_deepgram.drop("/v1/listen", code=1006, after_messages=3) == 1
+        for _ in range(3):
+            await ws.send(bytes(640))
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(ws.recv(), 2)
+        assert closed.value.rcvd is None
+        assert fake_deepgram.audio_bytes_received == 2 * 640
+    assert fake_deepgram.connection_attempts("/v1/listen") == 4
+    assert fake_deepgram.listen_connections == 2
+    assert fake_deepgram.connection_attempts("/v1/speak") == 1
+
+    # Accepted, then closed (1011) within the given time, for the next connection only.
+    fake_deepgram.flap(1, after_s=0.2, path="/v1/speak")
+    async with websockets.connect(speak, additional_headers=headers) as ws:
+        started = time.monotonic()
+        assert json.loads(await ws.recv())["type"] == "Metadata"
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(ws.recv(), 2)
+        assert closed.value.rcvd.code == 1011 and time.monotonic() - started < 1.5
+    async with websockets.connect(speak, additional_headers=headers) as ws:
+        assert json.loads(await ws.recv())["type"] == "Metadata"
+        with pytest.raises(TimeoutError):  # stays open
+            await asyncio.wait_for(ws.recv(), 0.5)
+    assert fake_deepgram.connection_attempts("/v1/speak") == 3
+    assert fake_deepgram.speak_connections == 2
+
+
 # -- Deepgram: Flux STT (/v2/listen) ----------------------------------------------------
 
 #: The SDK's model of each message Flux sends, by ``type``.
