@@ -50,6 +50,15 @@ class Settings(BaseSettings):
             turn's latency breakdown. It is always sent to the client over RTVI.
         llm_model: ``BACKTALK_LLM_MODEL``; the chat model.
         llm_max_tokens: ``BACKTALK_LLM_MAX_TOKENS``; cap on one spoken answer, tokens.
+        llm_timeout_s: ``BACKTALK_LLM_TIMEOUT_S``; the OpenAI client's HTTP timeout,
+            seconds (connect, and each read of the stream; the SDK's own is 600).
+        llm_first_token_s: ``BACKTALK_LLM_FIRST_TOKEN_S``; how long a chat request
+            may go without its first token, seconds (SDK retries included), before it
+            is re-issued once; a second such wait ends the turn with a spoken apology
+            (Pipecat's ``retry_timeout_secs``).
+        llm_max_retries: ``BACKTALK_LLM_MAX_RETRIES``; retries the OpenAI SDK makes
+            of a failed chat request (429, 5xx, connection errors, timeouts), with
+            exponential backoff, honouring the server's ``Retry-After``.
         openai_embedding_model: ``BACKTALK_OPENAI_EMBEDDING_MODEL``.
         stt_service: ``BACKTALK_STT_SERVICE``; ``deepgram`` (Nova, with Backtalk's turn
             detection) or ``deepgram_flux`` (Flux with eager end-of-turn: turn
@@ -158,6 +167,9 @@ class Settings(BaseSettings):
     print_latency: bool = False
     llm_model: str = "gpt-4o-mini"
     llm_max_tokens: int = 400
+    llm_timeout_s: float = Field(default=20.0, gt=0)
+    llm_first_token_s: float = Field(default=5.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
     openai_embedding_model: str = "text-embedding-3-small"
     stt_service: Literal["deepgram", "deepgram_flux"] = "deepgram"
     stt_model: str = "nova-3-general"

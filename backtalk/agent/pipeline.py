@@ -4,7 +4,8 @@
 
     transport.input() → Deepgram STT → speculative retrieval tap
       → user aggregator (Silero VAD, turn strategies) → [microphone audio stops here]
-      → RAG context processor → OpenAI LLM → prompt-leak guard → citation processor
+      → RAG context processor → LLM failure apology → OpenAI LLM
+      → prompt-leak guard → citation processor
       → Deepgram TTS
       → transport.output() [audio gate: pauses the bot when the user cuts in]
       → heard-text processor → assistant aggregator
@@ -40,6 +41,7 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from backtalk.agent.personas import register_persona_tool
+from backtalk.agent.recovery import LLMFailureApology
 from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
 from backtalk.agent.turns import (
     BargeInUserTurnStartStrategy,
@@ -208,6 +210,7 @@ def build_stages(
         ("user", user),
         ("user_audio_end", microphone_audio_end()),
         *([("rag", rag)] if inject else []),
+        ("recovery", LLMFailureApology(llm)),
         ("llm", llm),
         ("guard", PromptLeakGuard(protected_texts())),
         ("citations", CitationProcessor()),

@@ -7,10 +7,12 @@ OpenAI-compatible server or a local fake can stand in).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 
 from loguru import logger
+from openai import APITimeoutError
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.vad_analyzer import VADParams
@@ -34,6 +36,7 @@ from pipecat.turns.user_start import (
 )
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies, UserTurnStrategies
+from pipecat.utils.types import assert_given
 
 from backtalk.agent.reconnect import DeepgramKeyHint
 from backtalk.agent.turns import (
@@ -246,7 +249,10 @@ def make_stt(settings: Settings) -> STTService:
 
 
 class DirectBodyOpenAILLMService(OpenAILLMService):
-    """``OpenAILLMService`` that sends the messages and tools as the request body as-is.
+    """``OpenAILLMService``: the request body as-is, a bounded client and first token.
+
+    It sends the messages and tools as the request body as-is, and bounds the
+    client's timeout and retries and the wait for the first token (below).
 
     The ``openai`` SDK walks every request parameter against its TypedDict annotations
     before sending (``openai._utils._transform``); for chat messages that walk renames and
@@ -258,7 +264,62 @@ class DirectBodyOpenAILLMService(OpenAILLMService):
 
     The request on the wire is the same JSON object: ``messages`` and ``tools`` keep their
     keys and order; any ``extra_body`` from ``Settings.extra`` still wins key by key.
+
+    Bounded (reliability cases R9 and R10):
+
+    * The ``AsyncOpenAI`` client Pipecat creates (:meth:`create_client`) gets
+      ``http_timeout_s`` (the SDK's default is 600 s) and ``max_retries``: the SDK
+      retries 408/409/429/5xx and connection errors with exponential backoff,
+      honouring the server's ``Retry-After``.
+    * With ``retry_on_timeout``, ``retry_timeout_secs`` bounds the wait for each
+      attempt's first streamed chunk (SDK retries included), and the request is
+      re-issued once, as in Pipecat. Pipecat's own bound ends when the response
+      headers arrive, so a server that answers 200 and then withholds the tokens was
+      waited for as long as the HTTP read timeout, and its re-issued request had no
+      bound at all; here a second attempt without a first chunk in time raises
+      :class:`TimeoutError`, which Pipecat reports as an ``ErrorFrame`` (see
+      :mod:`backtalk.agent.recovery` for what the user hears).
+
+    Args:
+        http_timeout_s: The client's HTTP timeout, seconds (connect, and each read
+            of the stream). None: the SDK's.
+        max_retries: The SDK's retries of one request. None: the SDK's (2).
+        **kwargs: As for ``OpenAILLMService`` (``retry_on_timeout``,
+            ``retry_timeout_secs``, ``settings``, ...).
     """
+
+    def __init__(
+        self, *, http_timeout_s: float | None = None, max_retries: int | None = None, **kwargs
+    ):
+        # Set first: Pipecat's __init__ calls create_client.
+        self._http_timeout_s = http_timeout_s
+        self._max_retries = max_retries
+        super().__init__(**kwargs)
+
+    def create_client(
+        self,
+        api_key=None,
+        base_url=None,
+        organization=None,
+        project=None,
+        default_headers=None,
+        **kwargs,
+    ):
+        """Pipecat's client (its connection limits), with our timeout and retries."""
+        client = super().create_client(
+            api_key=api_key,
+            base_url=base_url,
+            organization=organization,
+            project=project,
+            default_headers=default_headers,
+            **kwargs,
+        )
+        options: dict = {}
+        if self._http_timeout_s is not None:
+            options["timeout"] = self._http_timeout_s
+        if self._max_retries is not None:
+            options["max_retries"] = self._max_retries
+        return client.with_options(**options) if options else client
 
     def build_chat_completion_params(self, params_from_context) -> dict:
         """Pipecat's parameters, with ``messages``/``tools`` moved into ``extra_body``."""
@@ -270,12 +331,92 @@ class DirectBodyOpenAILLMService(OpenAILLMService):
             self._merge_extra_body(params, moved)
         return params
 
+    async def get_chat_completions(self, context):
+        """The streamed completion, its first chunk within ``retry_timeout_secs``.
+
+        Without ``retry_on_timeout``, Pipecat's. With it: one attempt, re-issued once if
+        no chunk arrives in time.
+
+        Raises:
+            TimeoutError: the re-issued attempt produced no chunk in time either.
+        """
+        budget = self._retry_timeout_secs
+        if not self._retry_on_timeout or budget is None:
+            return await super().get_chat_completions(context)
+        try:
+            return await asyncio.wait_for(self._started_stream(context), timeout=budget)
+        except (TimeoutError, APITimeoutError) as e:
+            timed_out = isinstance(e, APITimeoutError)
+            why = "the request timed out" if timed_out else f"no first token within {budget:g} s"
+            logger.warning(f"{self}: {why}; re-issuing the request")
+        try:
+            return await asyncio.wait_for(self._started_stream(context), timeout=budget)
+        except (TimeoutError, APITimeoutError) as e:
+            raise TimeoutError(f"no first token within {budget:g} s, twice") from e
+
+    async def _started_stream(self, context) -> _StartedStream:
+        """Send the request (as Pipecat does) and wait for the stream's first chunk."""
+        self._log_llm_response(context)
+        params_from_context = await self.get_llm_adapter().get_llm_invocation_params(
+            context,
+            system_instruction=assert_given(self._settings.system_instruction),
+            convert_developer_to_user=not self.supports_developer_role,
+        )
+        params = self.build_chat_completion_params(params_from_context)
+        stream = await self._client.chat.completions.create(**params)
+        return await _StartedStream.start(stream)
+
+
+class _StartedStream:
+    """A chat completion stream whose first chunk has been read; iterates from it."""
+
+    _END = object()
+
+    def __init__(self, stream, chunks, first):
+        self._stream = stream
+        self._chunks = chunks
+        self._first = first
+
+    @classmethod
+    async def start(cls, stream) -> _StartedStream:
+        """Read the first chunk of ``stream``; closes it if that fails or is cancelled."""
+        chunks = stream.__aiter__()
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = cls._END
+        except BaseException:
+            await cls(stream, chunks, cls._END).close()
+            raise
+        return cls(stream, chunks, first)
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        if self._first is self._END:
+            return
+        yield self._first
+        async for chunk in self._chunks:
+            yield chunk
+
+    async def close(self) -> None:
+        """Close the SDK's iterator and stream (releases the HTTP connection)."""
+        if hasattr(self._chunks, "aclose"):
+            await self._chunks.aclose()
+        await self._stream.close()
+
 
 def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
-    """OpenAI chat completions, streaming, with a bounded timeout and answer length.
+    """OpenAI chat completions, streaming, bounded in time, tokens and retries.
+
+    The client times out after ``llm_timeout_s`` and retries ``llm_max_retries``
+    times (the SDK's backoff, honouring ``Retry-After``); a request without a first
+    token in ``llm_first_token_s`` is re-issued once (reliability case R9,
+    :class:`DirectBodyOpenAILLMService`).
 
     Args:
-        settings: Model, key and ``OPENAI_BASE_URL``.
+        settings: Model, key, ``OPENAI_BASE_URL``, answer length, timeouts and retries.
         system_instruction: The persona and grounding rules.
     """
     return DirectBodyOpenAILLMService(
@@ -286,7 +427,9 @@ def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
             system_instruction=system_instruction,
             max_completion_tokens=settings.llm_max_tokens,
         ),
-        retry_timeout_secs=LLM_RETRY_TIMEOUT_S,
+        http_timeout_s=settings.llm_timeout_s,
+        max_retries=settings.llm_max_retries,
+        retry_timeout_secs=settings.llm_first_token_s,
         retry_on_timeout=True,
     )
 

@@ -84,19 +84,23 @@ def fake_embedding(text: str, dim: int = 1536) -> list[float]:
     return (vec / norm).astype("<f4").tolist()
 
 
-def openai_error(status: int, message: str, *, param: str | None = None) -> web.Response:
+def openai_error(
+    status: int, message: str, *, param: str | None = None, retry_after_s: float | None = None
+) -> web.Response:
     """An error response shaped like OpenAI's (``{"error": {...}}``).
 
     Args:
         status: HTTP status code.
         message: Human-readable message.
         param: The offending request parameter, if any.
+        retry_after_s: If set, a ``Retry-After`` header (seconds, as OpenAI sends it).
     """
     kind = {429: ("requests", "rate_limit_exceeded")}.get(
         status, ("invalid_request_error" if status < 500 else "server_error", None)
     )
     body = {"error": {"message": message, "type": kind[0], "param": param, "code": kind[1]}}
-    return web.json_response(body, status=status)
+    headers = {"Retry-After": f"{retry_after_s:g}"} if retry_after_s is not None else None
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _split_tokens(text: str) -> list[str]:
@@ -139,10 +143,14 @@ class FakeOpenAI(ThreadedAiohttpServer):
         fail_next: Answer the next N requests (any endpoint) with ``fail_status``.
         fail_status: HTTP status for injected failures (e.g. 500, 429).
 
+    Chat-only fault knobs (:meth:`fail_chat`, :meth:`stall_chat`) act on the next N chat
+    requests, whichever client sends them (an SDK retry is a request like any other).
+
     Attributes:
         base_url: ``"http://127.0.0.1:PORT/v1"``, for ``base_url=`` of the SDK/service.
         chat_requests: Parsed JSON bodies of ``POST /v1/chat/completions``, in order
-            (including requests answered with an injected failure).
+            (including requests answered with an injected failure or stalled).
+        chat_request_times: ``time.monotonic()`` at the arrival of each of them.
         embedding_requests: Parsed JSON bodies of ``POST /v1/embeddings``, likewise.
         auth_headers: The ``Authorization`` header of every request ("" if missing).
         cancelled_streams: Chat streams whose client disconnected before the end.
@@ -172,6 +180,9 @@ class FakeOpenAI(ThreadedAiohttpServer):
         self._fail_next = fail_next
         self._fail_status = fail_status
         self._chat_requests: list[dict] = []
+        self._chat_request_times: list[float] = []
+        self._chat_faults: list[tuple[int, float | None]] = []  # (status, Retry-After s)
+        self._chat_stalls: list[tuple[float, bool]] = []  # (seconds, before the headers)
         self._embedding_requests: list[dict] = []
         self._auth_headers: list[str] = []
         self._cancelled_streams = 0
@@ -188,6 +199,12 @@ class FakeOpenAI(ThreadedAiohttpServer):
         """Parsed bodies of chat-completion requests, in order."""
         with self._lock:
             return list(self._chat_requests)
+
+    @property
+    def chat_request_times(self) -> list[float]:
+        """``time.monotonic()`` when each chat request arrived, in order."""
+        with self._lock:
+            return list(self._chat_request_times)
 
     @property
     def embedding_requests(self) -> list[dict]:
@@ -212,10 +229,37 @@ class FakeOpenAI(ThreadedAiohttpServer):
         with self._lock:
             self._fail_next, self._fail_status = n, status
 
+    def fail_chat(self, n: int, status: int = 429, *, retry_after_s: float | None = None) -> None:
+        """Answer the next ``n`` chat requests with ``status`` and an OpenAI error body.
+
+        Args:
+            n: How many chat requests (each SDK retry counts as one).
+            status: HTTP status, e.g. 429 or 500.
+            retry_after_s: If set, each answer carries ``Retry-After`` (seconds).
+        """
+        with self._lock:
+            self._chat_faults = [(status, retry_after_s)] * n
+
+    def stall_chat(self, n: int, seconds: float, *, before_headers: bool = False) -> None:
+        """Withhold the first token of the next ``n`` chat requests for ``seconds``.
+
+        Args:
+            n: How many chat requests.
+            seconds: How long the first token (and so the whole reply) is late.
+            before_headers: True: the HTTP response itself is late (a server that is
+                slow to accept); False: ``200`` and the SSE headers come at once and the
+                first chunk ``seconds`` later (a model that is slow to start).
+        """
+        with self._lock:
+            self._chat_stalls = [(seconds, before_headers)] * n
+
     def reset(self) -> None:
         """Forget all recorded requests and pending failures."""
         with self._lock:
             self._chat_requests.clear()
+            self._chat_request_times.clear()
+            self._chat_faults.clear()
+            self._chat_stalls.clear()
             self._embedding_requests.clear()
             self._auth_headers.clear()
             self._cancelled_streams = 0
@@ -230,9 +274,10 @@ class FakeOpenAI(ThreadedAiohttpServer):
         return app
 
     async def _accept(
-        self, request: web.Request, log: list[dict]
+        self, request: web.Request, log: list[dict], times: list[float] | None = None
     ) -> tuple[dict[str, Any], web.Response | None]:
-        """Check auth, parse and record the body, apply failure injection."""
+        """Check auth, parse and record the body (its arrival in ``times``), inject failures."""
+        arrived = time.monotonic()
         auth = request.headers.get("Authorization", "")
         with self._lock:
             self._auth_headers.append(auth)
@@ -244,6 +289,8 @@ class FakeOpenAI(ThreadedAiohttpServer):
             return {}, openai_error(400, "We could not parse the JSON body of your request.")
         with self._lock:
             log.append(body)
+            if times is not None:
+                times.append(arrived)
             fail = self._fail_next > 0
             if fail:
                 self._fail_next -= 1
@@ -256,13 +303,24 @@ class FakeOpenAI(ThreadedAiohttpServer):
         return reply if isinstance(reply, FakeReply) else FakeReply(text=reply)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body, error = await self._accept(request, self._chat_requests)
+        body, error = await self._accept(request, self._chat_requests, self._chat_request_times)
         if error is not None:
             return error
+        with self._lock:
+            fault = self._chat_faults.pop(0) if self._chat_faults else None
+            stall_s, before_headers = self._chat_stalls.pop(0) if self._chat_stalls else (0.0, 0)
+        if fault is not None:
+            status, retry_after_s = fault
+            return openai_error(
+                status, "Injected chat failure (FakeOpenAI).", retry_after_s=retry_after_s
+            )
+        if before_headers:
+            await asyncio.sleep(stall_s)
+            stall_s = 0.0
         reply = self._resolve_reply(body)
         if body.get("stream"):
-            return await self._stream_chat(request, body, reply)
-        await asyncio.sleep(self.ttft_s)
+            return await self._stream_chat(request, body, reply, stall_s=stall_s)
+        await asyncio.sleep(self.ttft_s + stall_s)
         message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
         if reply.tool_calls:
             message["tool_calls"] = [
@@ -288,7 +346,7 @@ class FakeOpenAI(ThreadedAiohttpServer):
         )
 
     async def _stream_chat(
-        self, request: web.Request, body: dict[str, Any], reply: FakeReply
+        self, request: web.Request, body: dict[str, Any], reply: FakeReply, *, stall_s: float = 0.0
     ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         base = {
@@ -327,9 +385,9 @@ class FakeOpenAI(ThreadedAiohttpServer):
             tail += f"data: {json.dumps(usage)}\n\n".encode()
         tail += b"data: [DONE]\n\n"
         if events:
-            events[0] = (self.ttft_s, role + events[0][1])
+            events[0] = (self.ttft_s + stall_s, role + events[0][1])
         else:
-            events.append((self.ttft_s, role))
+            events.append((self.ttft_s + stall_s, role))
         events.append((0.0, tail))
 
         response = web.StreamResponse(

@@ -143,6 +143,36 @@ def test_injected_failures_and_missing_auth(fake_openai):
 # -- OpenAI: chat completions -----------------------------------------------------------
 
 
+async def test_chat_fault_knobs(fake_openai):
+    client = openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+
+    async def ask() -> str:
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, stream=True
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    # The next chat requests fail with a status and Retry-After; embeddings are untouched.
+    fake_openai.fail_chat(2, 429, retry_after_s=1.5)
+    await client.embeddings.create(model="text-embedding-3-small", input="a")
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError) as err:
+            await ask()
+        assert err.value.response.headers["retry-after"] == "1.5"
+    assert await ask() == "Sure. The video covers that."
+
+    # Stalls: the first token (after the headers, or the headers too) comes late.
+    for before_headers in (False, True):
+        fake_openai.stall_chat(1, 0.3, before_headers=before_headers)
+        started = time.monotonic()
+        assert await ask() == "Sure. The video covers that."
+        assert time.monotonic() - started >= 0.3
+    assert len(fake_openai.chat_requests) == len(fake_openai.chat_request_times) == 5
+    times = fake_openai.chat_request_times
+    assert times == sorted(times)
+
+
 async def test_openai_llm_service_streams_the_reply(fake_openai):
     llm = OpenAILLMService(api_key="sk-test", base_url=fake_openai.base_url)
     context = LLMContext(messages=[{"role": "user", "content": "hi"}])
