@@ -59,6 +59,23 @@ class Settings(BaseSettings):
         llm_max_retries: ``BACKTALK_LLM_MAX_RETRIES``; retries the OpenAI SDK makes
             of a failed chat request (429, 5xx, connection errors, timeouts), with
             exponential backoff, honouring the server's ``Retry-After``.
+        backup_llm_base_url: ``BACKTALK_BACKUP_LLM_BASE_URL``; an OpenAI-compatible
+            endpoint (Azure OpenAI, Groq, a local server; ending in ``/v1``) that takes
+            over a turn the LLM fails (429, 5xx, a timeout, no first token): the same
+            request is sent to it at once (:mod:`backtalk.agent.failover`). Unset: no
+            backup LLM; a failed turn ends with a spoken apology.
+        backup_llm_api_key: ``BACKTALK_BACKUP_LLM_API_KEY``; its key (unset:
+            ``OPENAI_API_KEY``).
+        backup_llm_model: ``BACKTALK_BACKUP_LLM_MODEL``; its model (unset: ``llm_model``).
+        backup_llm_failback_s: ``BACKTALK_BACKUP_LLM_FAILBACK_S``; seconds on the backup
+            after which the next turn tries the first LLM again (60: OpenAI's rate
+            limits are per minute).
+        backup_deepgram_api_key: ``BACKTALK_BACKUP_DEEPGRAM_API_KEY``; a second Deepgram
+            key for a backup STT and TTS, used when the first one fails (a refused key,
+            a dropped or flapping socket). Unset with no backup base URL: no backup.
+        backup_deepgram_base_url: ``BACKTALK_BACKUP_DEEPGRAM_BASE_URL``; the backup's
+            endpoint (e.g. a self-hosted Deepgram; unset: Deepgram's). The backup key
+            defaults to ``DEEPGRAM_API_KEY``.
         openai_embedding_model: ``BACKTALK_OPENAI_EMBEDDING_MODEL``.
         stt_service: ``BACKTALK_STT_SERVICE``; ``deepgram`` (Nova, with Backtalk's turn
             detection) or ``deepgram_flux`` (Flux with eager end-of-turn: turn
@@ -170,6 +187,12 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(default=20.0, gt=0)
     llm_first_token_s: float = Field(default=5.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
+    backup_llm_base_url: str | None = None
+    backup_llm_api_key: SecretStr | None = None
+    backup_llm_model: str | None = None
+    backup_llm_failback_s: float = Field(default=60.0, ge=0)
+    backup_deepgram_api_key: SecretStr | None = None
+    backup_deepgram_base_url: str | None = None
     openai_embedding_model: str = "text-embedding-3-small"
     stt_service: Literal["deepgram", "deepgram_flux"] = "deepgram"
     stt_model: str = "nova-3-general"
@@ -236,6 +259,11 @@ class Settings(BaseSettings):
         "youtube_proxy_url",
         "webshare_proxy_username",
         "webshare_proxy_password",
+        "backup_llm_base_url",
+        "backup_llm_api_key",
+        "backup_llm_model",
+        "backup_deepgram_api_key",
+        "backup_deepgram_base_url",
         mode="before",
     )
     @classmethod

@@ -40,6 +40,7 @@ from pipecat.services.llm_service import LLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from backtalk.agent.failover import LLMFailover, failover
 from backtalk.agent.personas import register_persona_tool
 from backtalk.agent.recovery import LLMFailureApology
 from backtalk.agent.services import make_llm, make_stt, make_tts, make_turn_strategies, make_vad
@@ -114,8 +115,8 @@ class BotStages:
         return self["heard"]  # type: ignore[return-value]
 
     @property
-    def llm(self) -> LLMService:
-        """The LLM service."""
+    def llm(self) -> LLMService | LLMFailover:
+        """The LLM service (an :class:`~backtalk.agent.failover.LLMFailover` with a backup)."""
         return self["llm"]  # type: ignore[return-value]
 
     def pipeline(self) -> Pipeline:
@@ -171,7 +172,14 @@ def build_stages(
     Returns:
         The stages; ``.pipeline()`` assembles them.
     """
-    llm = make_llm(settings, instruction_for(persona))
+    llm: LLMService | LLMFailover = make_llm(settings, instruction_for(persona))
+    stt, tts = make_stt(settings), make_tts(settings)
+    if settings.backup_llm_base_url:
+        backup = make_llm(settings, instruction_for(persona), backup=True)
+        llm = LLMFailover([llm, backup], failback_after_s=settings.backup_llm_failback_s)
+    if settings.backup_deepgram_api_key or settings.backup_deepgram_base_url:
+        stt = failover([stt, make_stt(settings, backup=True)])
+        tts = failover([tts, make_tts(settings, backup=True)])
     tools = [register_persona_tool(llm, instruction_for, on_change=on_persona_change)]
     if settings.retrieval_mode == "tool":
         tools.append(
@@ -201,7 +209,7 @@ def build_stages(
     )
     stages: list[tuple[str, FrameProcessor]] = [
         ("input", transport.input()),
-        ("stt", make_stt(settings)),
+        ("stt", stt),
         *(
             [("speculation", SpeculativeRetrievalTap(speculative, top_k=settings.retrieval_top_k))]
             if speculative
@@ -214,7 +222,7 @@ def build_stages(
         ("llm", llm),
         ("guard", PromptLeakGuard(protected_texts())),
         ("citations", CitationProcessor()),
-        ("tts", make_tts(settings)),
+        ("tts", tts),
         ("output", output),
         ("heard", HeardTextProcessor(spoken_text=remove_citation_tags)),
         ("assistant", assistant),

@@ -38,7 +38,9 @@ class LLMFailureApology(FrameProcessor):
         on_apology: ``(processor, error: ErrorFrame)`` after the apology is pushed.
 
     Args:
-        llm: The LLM service whose errors to answer for.
+        llm: The LLM service whose errors to answer for, or a switcher of LLMs
+            (:class:`~backtalk.agent.failover.LLMFailover`: an error it did not fail
+            over from, from any of its services).
         text: What to say.
         **kwargs: For ``FrameProcessor``.
     """
@@ -46,6 +48,7 @@ class LLMFailureApology(FrameProcessor):
     def __init__(self, llm: FrameProcessor, *, text: str = LLM_APOLOGY, **kwargs):
         super().__init__(**kwargs)
         self._llm = llm
+        self._members = tuple(getattr(llm, "services", ()))
         self._text = text
         #: Apologies spoken so far.
         self.apologies = 0
@@ -58,7 +61,7 @@ class LLMFailureApology(FrameProcessor):
         if (
             isinstance(frame, ErrorFrame)
             and direction == FrameDirection.UPSTREAM
-            and frame.processor is self._llm
+            and (frame.processor is self._llm or frame.processor in self._members)
             and frame.category is not ErrorCategory.APPLICATION
         ):
             self.apologies += 1

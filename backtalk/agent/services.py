@@ -212,7 +212,15 @@ class BargeInDeepgramSTTService(DeepgramKeyHint, DeepgramSTTService):
         await super().process_frame(frame, direction)
 
 
-def make_stt(settings: Settings) -> STTService:
+def _deepgram(settings: Settings, backup: bool) -> tuple[str, str | None]:
+    """Deepgram's key and base URL, or the backup's (falling back to the first's key)."""
+    key = settings.secret("deepgram_api_key") or ""
+    if not backup:
+        return key, settings.deepgram_base_url
+    return settings.secret("backup_deepgram_api_key") or key, settings.backup_deepgram_base_url
+
+
+def make_stt(settings: Settings, *, backup: bool = False) -> STTService:
     """Deepgram streaming STT with interim results.
 
     ``stt_service == "deepgram"``: Nova (``/v1/listen``); Backtalk's own turn
@@ -224,19 +232,21 @@ def make_stt(settings: Settings) -> STTService:
     websocket is compressed (:func:`listen_without_compression`,
     :class:`UncompressedDeepgramFluxSTTService`). Nova is
     :class:`BargeInDeepgramSTTService`: it also finalizes when the barge-in decision
-    asks (:class:`~backtalk.agent.turns.TranscriptFinalizeFrame`).
+    asks (:class:`~backtalk.agent.turns.TranscriptFinalizeFrame`). ``backup``: the
+    same with ``BACKTALK_BACKUP_DEEPGRAM_API_KEY`` / ``_BASE_URL``.
     """
+    key, base_url = _deepgram(settings, backup)
     if settings.stt_service == "deepgram_flux":
-        base = (settings.deepgram_base_url or "wss://api.deepgram.com").rstrip("/")
+        base = (base_url or "wss://api.deepgram.com").rstrip("/")
         return UncompressedDeepgramFluxSTTService(
-            api_key=settings.secret("deepgram_api_key") or "",
+            api_key=key,
             url=f"{base}/v2/listen",
             enable_eager_end_of_turn=True,
         )
     listen_without_compression()
     return BargeInDeepgramSTTService(
-        api_key=settings.secret("deepgram_api_key") or "",
-        base_url=settings.deepgram_base_url or "",
+        api_key=key,
+        base_url=base_url or "",
         ttfs_p99_latency=STT_FINAL_WAIT_S,
         settings=DeepgramSTTService.Settings(
             model=settings.stt_model,
@@ -407,7 +417,9 @@ class _StartedStream:
         await self._stream.close()
 
 
-def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
+def make_llm(
+    settings: Settings, system_instruction: str, *, backup: bool = False
+) -> OpenAILLMService:
     """OpenAI chat completions, streaming, bounded in time, tokens and retries.
 
     The client times out after ``llm_timeout_s`` and retries ``llm_max_retries``
@@ -418,12 +430,19 @@ def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
     Args:
         settings: Model, key, ``OPENAI_BASE_URL``, answer length, timeouts and retries.
         system_instruction: The persona and grounding rules.
+        backup: The backup LLM instead (``BACKTALK_BACKUP_LLM_BASE_URL``, its key, or
+            ``OPENAI_API_KEY``, and its model, or ``llm_model``).
     """
+    key = settings.secret("openai_api_key") or ""
+    base_url, model = settings.openai_base_url, settings.llm_model
+    if backup:
+        key = settings.secret("backup_llm_api_key") or key
+        base_url, model = settings.backup_llm_base_url, settings.backup_llm_model or model
     return DirectBodyOpenAILLMService(
-        api_key=settings.secret("openai_api_key") or "",
-        base_url=settings.openai_base_url,
+        api_key=key,
+        base_url=base_url,
         settings=OpenAILLMService.Settings(
-            model=settings.llm_model,
+            model=model,
             system_instruction=system_instruction,
             max_completion_tokens=settings.llm_max_tokens,
         ),
@@ -434,7 +453,7 @@ def make_llm(settings: Settings, system_instruction: str) -> OpenAILLMService:
     )
 
 
-def make_tts(settings: Settings) -> DeepgramTTSService:
+def make_tts(settings: Settings, *, backup: bool = False) -> DeepgramTTSService:
     """Deepgram Aura streaming TTS (``/v1/speak`` websocket), without citation tags.
 
     Citation tags are removed from the text before it is spoken; the websocket is
@@ -442,10 +461,12 @@ def make_tts(settings: Settings) -> DeepgramTTSService:
     interruption of the bot's speech clears Deepgram (:class:`BargeInDeepgramTTSService`).
     A dropped socket is reconnected at once by Pipecat; a refused key makes the service
     unusable and is logged naming ``DEEPGRAM_API_KEY`` (:mod:`backtalk.agent.reconnect`).
+    ``backup``: the same with ``BACKTALK_BACKUP_DEEPGRAM_API_KEY`` / ``_BASE_URL``.
     """
-    kwargs = {"base_url": settings.deepgram_base_url} if settings.deepgram_base_url else {}
+    key, base_url = _deepgram(settings, backup)
+    kwargs = {"base_url": base_url} if base_url else {}
     return BargeInDeepgramTTSService(
-        api_key=settings.secret("deepgram_api_key") or "",
+        api_key=key,
         settings=DeepgramTTSService.Settings(voice=settings.tts_voice),
         text_transforms=[("*", strip_citations)],
         **kwargs,
