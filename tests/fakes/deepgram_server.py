@@ -215,6 +215,11 @@ class FakeDeepgram(ThreadedAiohttpServer):
         with self._lock:
             return self._attempts.get(path, 0)
 
+    def open_sockets(self, path: str | None = None) -> int:
+        """Websockets open now (on ``path``, or on any): accepted and not yet closed."""
+        with self._lock:
+            return sum(1 for state in self._open_sockets.values() if path in (None, state[0]))
+
     def refuse(self, n: int = 1, *, status: int = 401, path: str | None = None) -> None:
         """Refuse the next ``n`` handshakes (on ``path``, or on any) with HTTP ``status``
         (401 or 403) and a ``dg-error`` header, as Deepgram does."""
