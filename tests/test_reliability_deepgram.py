@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import test_e2e_voice as e2e
 from fakes import FakeDeepgram, FakeOpenAI
+from fakes.deepgram_server import NET_0001
 from loguru import logger
-from pipecat.frames.frames import EndFrame, ErrorFrame
+from pipecat.frames.frames import EndFrame, ErrorFrame, InputAudioRawFrame, TranscriptionFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
@@ -221,6 +224,89 @@ async def test_R7_stt_flapping_gives_up():
     final, usable_after = errors[-1]
     assert not usable_after and "3 times in a row" in final.error
     assert not any(DEEPGRAM_KEY_ENV_VAR in line for line in logs)  # not a key problem
+
+
+# -- R8: a long silence ----------------------------------------------------------------------
+
+#: Deepgram closes a listen socket that receives nothing for 10 s (NET-0001).
+DEEPGRAM_IDLE_CLOSE_S = 10.0
+
+
+async def test_R8_the_fake_deepgram_closes_an_idle_socket_as_deepgram_does():
+    """The check below can fail: a client that sends nothing is closed with NET-0001."""
+    import aiohttp
+
+    with FakeDeepgram(listen_idle_close_s=0.5) as fake:
+        async with aiohttp.ClientSession() as http:
+            url = f"{fake.base_url}/v1/listen?model=nova-3"
+            async with http.ws_connect(url, headers={"Authorization": "Token dg-test"}) as ws:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert (msg.data, msg.extra) == (1011, NET_0001)
+        assert fake.idle_closes == 1
+
+
+async def test_R8_long_silence_keepalive_holds_the_socket_open():
+    """No audio for longer than Deepgram's idle limit: Pipecat's KeepAlive (every 5 s)
+    keeps the listen socket open; no reconnect."""
+    with FakeDeepgram(listen_idle_close_s=DEEPGRAM_IDLE_CLOSE_S) as fake:
+        async with running_stt(fake) as (stt, errors):
+            await wait_until(lambda: fake.listen_connections == 1, 10, "the listen socket")
+            await asyncio.sleep(DEEPGRAM_IDLE_CLOSE_S + 2)
+            keepalives = [c for c in fake.listen_control if c.get("type") == "KeepAlive"]
+            open_now = fake.open_sockets("/v1/listen")
+    assert fake.idle_closes == 0
+    assert open_now == 1 and fake.listen_connections == 1
+    assert len(keepalives) >= 2
+    assert not errors and stt.is_usable
+
+
+@pytest.mark.skipif(
+    not os.environ.get("BACKTALK_REAL_DEEPGRAM"),
+    reason="opt-in, needs Deepgram: BACKTALK_REAL_DEEPGRAM=1 DEEPGRAM_API_KEY=... "
+    "./run test tests/test_reliability_deepgram.py -k real",
+)
+async def test_R8_real_deepgram_60_s_of_silence_then_speech_is_transcribed():
+    """Against the real Deepgram: 60 s without audio, then q1 is transcribed."""
+    settings = Settings()
+    assert settings.deepgram_api_key, "set DEEPGRAM_API_KEY"
+    stt = make_stt(settings.model_copy(update={"deepgram_base_url": None}))
+    transcripts: list[str] = []
+
+    class Collect(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, TranscriptionFrame):
+                transcripts.append(frame.text)
+            await self.push_frame(frame, direction)
+
+    worker = PipelineWorker(
+        Pipeline([stt, Collect()]),
+        params=PipelineParams(audio_in_sample_rate=16000),
+        idle_timeout_secs=None,
+        enable_rtvi=False,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.sleep(60)
+        assert stt.is_usable
+        with wave.open(str(Q1_WAV)) as w:
+            rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+        chunk = int(rate * 0.02) * 2
+        for i in range(0, len(pcm), chunk):
+            await worker.queue_frame(InputAudioRawFrame(pcm[i : i + chunk], rate, 1))
+            await asyncio.sleep(0.02)
+        silence = bytes(chunk)
+        for _ in range(100):  # 2 s of silence for the final
+            await worker.queue_frame(InputAudioRawFrame(silence, rate, 1))
+            await asyncio.sleep(0.02)
+        await wait_until(lambda: transcripts, 10, "a transcript")
+    finally:
+        await worker.queue_frame(EndFrame())
+        await asyncio.wait_for(task, 10)
+    assert "learning rate" in " ".join(transcripts).lower()
 
 
 # -- R11: the TTS socket drops ----------------------------------------------------------------

@@ -40,6 +40,9 @@ from ._thread_server import ThreadedAiohttpServer
 
 #: Length, in seconds, of the analysis window of the recogniser.
 WINDOW_S = 0.02
+#: Deepgram's close reason for an idle listen socket (docs: "Recovering From Connection
+#: Errors & Timeouts When Live Streaming Audio").
+NET_0001 = "NET-0001: did not receive audio data or a text message within the timeout window"
 #: Seconds of trailing silence after which an utterance ends without a Finalize,
 #: unless the client passes ``endpointing`` (ms, or ``false``) in the query.
 DEFAULT_ENDPOINTING_S = 0.8
@@ -153,8 +156,13 @@ class FakeDeepgram(ThreadedAiohttpServer):
         interim_every_s: float = 0.3,
         flux_eager_eot_delay_s: float = 0.25,
         flux_eot_delay_s: float = 0.45,
+        listen_idle_close_s: float | None = None,
     ) -> None:
         super().__init__()
+        #: Deepgram's NET-0001 rule on /v1/listen: a socket that receives neither audio
+        #: nor a text message (KeepAlive) for this long is closed with 1011 (Deepgram:
+        #: 10 s). None: never.
+        self.listen_idle_close_s = listen_idle_close_s
         self.final_delay_s = final_delay_s
         self.tts_first_audio_s = tts_first_audio_s
         self.tts_secs_per_char = tts_secs_per_char
@@ -191,6 +199,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
         self._flux_sent: list[dict] = []
         self._flux_audio_messages: list[int] = []
         self._attempts: dict[str, int] = {}
+        self._idle_closes = 0
 
     # -- scripting and recorded state (thread-safe) -------------------------------------
 
@@ -296,6 +305,7 @@ class FakeDeepgram(ThreadedAiohttpServer):
 
     pending_transcripts = _recorded("_transcripts", "Queued transcripts not yet used.")
     listen_connections = _recorded("_listen_connections", "Accepted /v1/listen sockets.")
+    idle_closes = _recorded("_idle_closes", "/v1/listen sockets closed for NET-0001 (idle).")
     speak_connections = _recorded("_speak_connections", "Accepted /v1/speak sockets.")
     listen_queries = _recorded(
         "_listen_queries",
@@ -427,7 +437,16 @@ class FakeDeepgram(ThreadedAiohttpServer):
             await _send(ws, recogniser.finalize())
 
         try:
-            async for msg in ws:
+            while True:
+                try:
+                    msg = await ws.receive(timeout=self.listen_idle_close_s)
+                except TimeoutError:
+                    with self._lock:
+                        self._idle_closes += 1
+                    await ws.close(code=1011, message=NET_0001.encode())
+                    break
+                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
                 if await self._count_message(ws):
                     break
                 if msg.type == WSMsgType.BINARY:
