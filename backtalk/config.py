@@ -50,6 +50,9 @@ class Settings(BaseSettings):
             turn's latency breakdown. It is always sent to the client over RTVI.
         llm_model: ``BACKTALK_LLM_MODEL``; the chat model.
         llm_max_tokens: ``BACKTALK_LLM_MAX_TOKENS``; cap on one spoken answer, tokens.
+        max_user_chars: ``BACKTALK_MAX_USER_CHARS``; cap on one user message sent to
+            the LLM, characters (longer typed text is cut, and the cut is marked;
+            :mod:`backtalk.processors.limits`).
         llm_timeout_s: ``BACKTALK_LLM_TIMEOUT_S``; the OpenAI client's HTTP timeout,
             seconds (connect, and each read of the stream; the SDK's own is 600).
         llm_first_token_s: ``BACKTALK_LLM_FIRST_TOKEN_S``; how long a chat request
@@ -184,6 +187,7 @@ class Settings(BaseSettings):
     print_latency: bool = False
     llm_model: str = "gpt-4o-mini"
     llm_max_tokens: int = 400
+    max_user_chars: int = Field(default=2000, ge=100)
     llm_timeout_s: float = Field(default=20.0, gt=0)
     llm_first_token_s: float = Field(default=5.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)

@@ -54,6 +54,7 @@ from backtalk.processors import RAGContextProcessor, Retriever
 from backtalk.processors.citations import CitationProcessor, remove_citation_tags
 from backtalk.processors.guard import PromptLeakGuard
 from backtalk.processors.heard_text import HeardTextProcessor
+from backtalk.processors.limits import UserTextLimit
 from backtalk.processors.playhead import Playhead, PlayheadRetriever, TimeIndex
 from backtalk.processors.search_tool import register_search_tool
 from backtalk.processors.speculative import SpeculativeRetrievalTap, SpeculativeRetriever
@@ -217,6 +218,7 @@ def build_stages(
         ),
         ("user", user),
         ("user_audio_end", microphone_audio_end()),
+        ("limit", UserTextLimit(settings.max_user_chars)),
         *([("rag", rag)] if inject else []),
         ("recovery", LLMFailureApology(llm)),
         ("llm", llm),
