@@ -120,7 +120,10 @@ async def test_a_vanished_client_ends_its_conversation_in_seconds(tmp_path: Path
         err.join()
 
 
-async def test_ctrl_c_stops_talk_mid_answer_and_its_embedded_postgres(tmp_path: Path, fakes):
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+async def test_ctrl_c_stops_talk_mid_answer_and_its_embedded_postgres(
+    presses: int, tmp_path: Path, fakes
+):
     openai, deepgram = fakes
     port = free_port()
     proc, out, err = start_backtalk(
@@ -140,6 +143,9 @@ async def test_ctrl_c_stops_talk_mid_answer_and_its_embedded_postgres(tmp_path: 
         await asyncio.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         sigint_at = time.monotonic()
+        if presses == 2:  # an impatient user: again, while talk is shutting down
+            await asyncio.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
         returncode = await asyncio.to_thread(proc.wait, 30)
         stopped_s = time.monotonic() - sigint_at
         print(f"\ntalk stopped {stopped_s:.1f}s after Ctrl-C, mid-conversation")

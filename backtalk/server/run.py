@@ -116,11 +116,17 @@ def run_until_signalled(server) -> None:
     uvicorn handles both signals (graceful shutdown, then the app's lifespan exit:
     drain or close), and afterwards re-raises the one it caught; by then stopping is
     done, so it is not a failure: the process exits 0.
+
+    Once the server has shut down, further Ctrl-C and SIGTERM are ignored: what is
+    left is the exit itself (under a second; the embedded Postgres is stopped by an exit
+    handler), and a second Ctrl-C from an impatient user would interrupt that handler,
+    print a traceback and could leave the database running.
     """
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
