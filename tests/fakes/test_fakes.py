@@ -337,13 +337,25 @@ async def test_deepgram_fault_knobs(fake_deepgram):
     with pytest.raises(websockets.InvalidStatus) as err:
         await websockets.connect(speak, additional_headers=headers)
     assert err.value.response.status_code == 403
+
+    async def accepted(n: int) -> None:
+        # The client's handshake can complete before the server has registered the
+        # socket (its thread may be behind on a busy machine): wait for the n-th.
+        for _ in range(200):
+            if fake_deepgram.listen_connections == n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the fake never registered the listen socket")
+
     async with websockets.connect(listen, additional_headers=headers) as ws:
+        await accepted(1)
         # Dropped on command with a close code...
         assert fake_deepgram.drop("/v1/listen", code=1011) == 1
         with pytest.raises(websockets.ConnectionClosedError) as closed:
             await asyncio.wait_for(ws.recv(), 2)
         assert closed.value.rcvd.code == 1011
     async with websockets.connect(listen, additional_headers=headers) as ws:
+        await accepted(2)
         # ...or, like a network failure, with none (1006), after 3 more messages.
         assert fake_deepgram.drop("/v1/listen", code=1006, after_messages=3) == 1
         for _ in range(3):
