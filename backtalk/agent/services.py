@@ -64,9 +64,6 @@ __all__ = [
     "make_vad",
 ]
 
-#: Seconds without a first token before the chat request is re-issued once
-#: (reliability case R9: a stalled request must not hold a spoken turn for long).
-LLM_RETRY_TIMEOUT_S = 5.0
 
 
 #: How long, seconds after the user's speech ends, the turn may wait for the final
