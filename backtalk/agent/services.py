@@ -65,7 +65,6 @@ __all__ = [
 ]
 
 
-
 #: How long, seconds after the user's speech ends, the turn may wait for the final
 #: transcript. Pipecat's default for Deepgram (0.35 s) is close to Nova's median
 #: finalisation time (~0.25 s): when a turn has two utterances and the second one's
